@@ -1,0 +1,3 @@
+"""mimkd: knowledge distillation for PyTorch, headlined by MIMKD."""
+
+__version__ = "0.1.0"
