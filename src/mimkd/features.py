@@ -18,7 +18,13 @@ from torch import nn
 from mimkd.errors import ShapeError, did_you_mean
 
 INPUT_SUFFIX = ":input"
-_POOLING_TYPES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d, nn.Flatten)
+_POOLING_TYPES = (
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.AvgPool2d,
+    nn.MaxPool2d,
+    nn.Flatten,
+)
 
 
 @dataclass
@@ -116,11 +122,15 @@ def as_locations(tensor: torch.Tensor) -> torch.Tensor:
         return tensor.flatten(2).transpose(1, 2)
     if tensor.dim() == 3:
         return tensor
-    raise ShapeError(f"expected a feature map [B, C, H, W] or tokens [B, N, C], got {tuple(tensor.shape)}")
+    raise ShapeError(
+        f"expected a feature map [B, C, H, W] or tokens [B, N, C], got {tuple(tensor.shape)}"
+    )
 
 
 @torch.no_grad()
-def probe_shapes(model: nn.Module, paths: Iterable[str], sample: torch.Tensor) -> dict[str, torch.Size]:
+def probe_shapes(
+    model: nn.Module, paths: Iterable[str], sample: torch.Tensor
+) -> dict[str, torch.Size]:
     """Shapes of the taps for one dummy batch, in eval mode so BatchNorm statistics are untouched."""
     was_training = model.training
     model.eval()

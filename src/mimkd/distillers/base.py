@@ -88,10 +88,8 @@ class Distiller(nn.Module, metaclass=abc.ABCMeta):
         if teacher is not None:
             teacher.requires_grad_(False)
             teacher.eval()
-        self.student_taps = discover_taps(student, context.sample_input)
-        self.teacher_taps = (
-            discover_taps(teacher, context.sample_input) if teacher is not None else None
-        )
+        self._student_taps: TapSet | None = None
+        self._teacher_taps: TapSet | None = None
         self._student_extractor: FeatureExtractor | None = None
         self._teacher_extractor: FeatureExtractor | None = None
         self.epoch = 0
@@ -103,9 +101,19 @@ class Distiller(nn.Module, metaclass=abc.ABCMeta):
     ) -> StepOutput:
         """One training step's forward: logits, weighted loss terms, detached metrics."""
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Inference is the student alone: critics and adapters cost nothing at deployment."""
-        return self.student(images)
+    def forward(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        indices: torch.Tensor | None = None,
+    ):
+        """With labels, a training step (so DDP can wrap the distiller); without, the student.
+
+        Inference is the student alone: critics and adapters cost nothing at deployment.
+        """
+        if labels is None:
+            return self.student(images)
+        return self.forward_train(images, labels, indices)
 
     def train(self, mode: bool = True) -> Distiller:
         super().train(mode)
@@ -133,6 +141,19 @@ class Distiller(nn.Module, metaclass=abc.ABCMeta):
     def on_epoch_start(self, epoch: int) -> None:
         """Called by the trainer before each epoch (0-based): warm-ups and stage switches."""
         self.epoch = epoch
+
+    @property
+    def student_taps(self) -> TapSet:
+        """The student's layers (declared by zoo models, discovered otherwise), found on first use."""
+        if self._student_taps is None:
+            self._student_taps = discover_taps(self.student, self.context.sample_input)
+        return self._student_taps
+
+    @property
+    def teacher_taps(self) -> TapSet | None:
+        if self._teacher_taps is None and self.teacher is not None:
+            self._teacher_taps = discover_taps(self.teacher, self.context.sample_input)
+        return self._teacher_taps
 
     # ---- helpers for subclasses ----------------------------------------------------------
     def tap_student(self, paths: Iterable[str]) -> None:

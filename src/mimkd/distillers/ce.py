@@ -12,8 +12,8 @@ from mimkd.distillers.base import Distiller, StepOutput
 
 @dataclass
 class CEConfig:
-    ce_weight: float = 1.0
-    label_smoothing: float = 0.0
+    ce_weight: float = 1.0  # weight of cross-entropy on the labels
+    label_smoothing: float = 0.0  # label smoothing of the cross-entropy
 
 
 @register_distiller("ce", paper="-", taps="logits")

@@ -17,9 +17,9 @@ from mimkd.distillers.losses import kd_loss
 
 @dataclass
 class KDConfig:
-    temperature: float = 4.0
-    ce_weight: float = 0.1
-    kd_weight: float = 0.9
+    temperature: float = 4.0  # softening temperature T (Hinton et al.; 4 in RepDistiller)
+    ce_weight: float = 0.1  # gamma: weight of cross-entropy on the labels
+    kd_weight: float = 0.9  # alpha: weight of the T^2-scaled KL term
 
 
 @register_distiller("kd", paper="Hinton et al., 2015 (arXiv 1503.02531)", taps="logits")
@@ -30,9 +30,7 @@ class KnowledgeDistillation(Distiller):
 
     def __init__(self, student, teacher, config, context):
         super().__init__(student, teacher, config, context)
-        check_logits_match(
-            self.probe(student, [])["logits"], self.probe(teacher, [])["logits"]
-        )
+        check_logits_match(self.probe(student, [])["logits"], self.probe(teacher, [])["logits"])
 
     def forward_train(self, images, labels, indices=None) -> StepOutput:
         teacher_logits, _ = self.teacher_forward(images)

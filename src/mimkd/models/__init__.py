@@ -21,7 +21,9 @@ MODELS: Registry[nn.Module] = Registry("model", "mimkd list models")
 EXTERNAL_PREFIXES = ("tv:", "timm:")
 
 
-def register_model(name: str, *, input_size: int = 32, family: str = "cifar", description: str | None = None):
+def register_model(
+    name: str, *, input_size: int = 32, family: str = "cifar", description: str | None = None
+):
     """Register a zoo model builder `fn(num_classes=..., in_channels=..., **kwargs) -> nn.Module`."""
     return MODELS.register(name, input_size=input_size, family=family, description=description)
 
@@ -36,12 +38,16 @@ class ModelInfo:
     taps: dict[str, Any] | None = None
 
 
-def create_model(name: str, num_classes: int = 100, in_channels: int = 3, **kwargs: Any) -> nn.Module:
+def create_model(
+    name: str, num_classes: int = 100, in_channels: int = 3, **kwargs: Any
+) -> nn.Module:
     """Build a model by name; `tv:`/`timm:` names pass `num_classes` and `weights` through."""
     if name.startswith(EXTERNAL_PREFIXES):
         from mimkd.models import external
 
-        return external.create_external(name, num_classes=num_classes, in_channels=in_channels, **kwargs)
+        return external.create_external(
+            name, num_classes=num_classes, in_channels=in_channels, **kwargs
+        )
     entry = MODELS.get(name)
     try:
         return entry.builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
@@ -55,7 +61,9 @@ def list_models(with_details: bool = False, num_classes: int = 100) -> list[Mode
 
     infos = []
     for entry in MODELS.entries():
-        info = ModelInfo(entry.name, entry.description, entry.info["family"], entry.info["input_size"])
+        info = ModelInfo(
+            entry.name, entry.description, entry.info["family"], entry.info["input_size"]
+        )
         if with_details:
             import torch
 
@@ -64,7 +72,11 @@ def list_models(with_details: bool = False, num_classes: int = 100) -> list[Mode
             info.parameters = sum(p.numel() for p in model.parameters())
             size = entry.info["input_size"]
             taps = discover_taps(model, torch.zeros(2, in_channels, size, size))
-            info.taps = {"last_map": taps.last_map, "penultimate": taps.penultimate, "stages": taps.stages}
+            info.taps = {
+                "last_map": taps.last_map,
+                "penultimate": taps.penultimate,
+                "stages": taps.stages,
+            }
         infos.append(info)
     return infos
 
@@ -81,4 +93,11 @@ def _import_all_models() -> None:
 
 _import_all_models()
 
-__all__ = ["MODELS", "ModelInfo", "UnknownNameError", "create_model", "list_models", "register_model"]
+__all__ = [
+    "MODELS",
+    "ModelInfo",
+    "UnknownNameError",
+    "create_model",
+    "list_models",
+    "register_model",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from mimkd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,110 @@
+"""Run reports a person would rather look at than logs: Markdown + PNG curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_curves(histories: dict[str, list[dict]], path: str | Path, title: str = "") -> None:
+    """Test accuracy, train loss and any MI bounds per epoch, one line per run."""
+    has_bounds = any(any(k.startswith("bound_") for k in h[0]) for h in histories.values() if h)
+    panels = 3 if has_bounds else 2
+    figure, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.8))
+    for label, history in histories.items():
+        if not history:
+            continue
+        epochs = [r["epoch"] for r in history]
+        (line,) = axes[0].plot(epochs, [r["test_top1"] for r in history], label=f"{label} test")
+        axes[0].plot(
+            epochs, [r["train_top1"] for r in history], ls="--", color=line.get_color(), alpha=0.6
+        )
+        axes[1].plot(
+            epochs, [r["train_loss"] for r in history], label=label, color=line.get_color()
+        )
+        if has_bounds:
+            for key in sorted(k for k in history[0] if k.startswith("bound_")):
+                axes[2].plot(
+                    epochs,
+                    [r[key] for r in history],
+                    label=f"{label} {key[6:]}",
+                    color=line.get_color(),
+                    ls="-" if "global" in key else ":",
+                )
+    axes[0].set(
+        xlabel="epoch", ylabel="top-1 accuracy", title="accuracy (solid test, dashed train)"
+    )
+    axes[1].set(xlabel="epoch", ylabel="training loss", title="loss")
+    if has_bounds:
+        axes[2].set(xlabel="epoch", ylabel="JSD bound (max 2 log 2)", title="MI lower bound")
+        axes[2].legend(fontsize=7)
+    for axis in axes:
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_run_report(run_dir: str | Path, results: dict, history: list[dict]) -> None:
+    run_dir = Path(run_dir)
+    plot_curves({results["method"]: history}, run_dir / "curves.png", title=results["title"])
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    summary = [
+        ["method", results["method"]],
+        ["student", f"{results['student']} ({results['student_parameters']:,} parameters)"],
+        ["extra training parameters (critics/adapters)", f"{results['extra_parameters']:,}"],
+        ["teacher", results.get("teacher") or "-"],
+        [
+            "teacher accuracy",
+            results.get("teacher_accuracy") if results.get("teacher_accuracy") is not None else "-",
+        ],
+        ["teacher SHA-256", results.get("teacher_sha256") or "-"],
+        ["dataset", results["dataset"]],
+        ["best test top-1 (epoch)", f"{results['best_accuracy']:.4f} ({results['best_epoch']})"],
+        ["last test top-1", f"{results['last_accuracy']:.4f}"],
+        ["wall time", f"{results['wall_seconds']:.1f} s"],
+        ["device", results["device"]],
+    ]
+    metric_keys = [
+        k for k in (history[0] if history else {}) if k.startswith(("loss_", "bound_", "critic_"))
+    ]
+    epoch_rows = [
+        [r["epoch"], r["train_loss"], r["train_top1"], r["test_top1"], r["test_top5"]]
+        + [r[k] for k in metric_keys]
+        for r in history
+    ]
+    text = "\n\n".join(
+        [
+            f"# {results['title']}",
+            markdown_table(["", ""], summary),
+            "![curves](curves.png)",
+            "## Per epoch",
+            markdown_table(
+                ["epoch", "train loss", "train top-1", "test top-1", "test top-5", *metric_keys],
+                epoch_rows,
+            ),
+            "Files: `config.yaml` (the exact config), `metrics.jsonl` (every logged value), "
+            "`last.pt` / `best.pt` (checkpoints, resumable), `results.json`.",
+        ]
+    )
+    (run_dir / "report.md").write_text(text + "\n")

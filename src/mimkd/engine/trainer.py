@@ -1,0 +1,353 @@
+"""The training loop. It knows nothing about methods: a distiller gives it losses, it steps.
+
+Per step there is no host sync: losses, accuracy and method metrics accumulate in device tensors
+that are read once per `log_every` steps (progress bar, NaN check) and at the end of each epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from mimkd.config import RunConfig
+from mimkd.distillers.base import Distiller
+from mimkd.engine.checkpoint import (
+    FORMAT,
+    atomic_save,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+)
+from mimkd.engine.distributed import DistributedContext
+from mimkd.engine.optim import build_optimizer, build_scheduler
+from mimkd.errors import CheckpointError, TrainingDivergedError
+
+
+@dataclass
+class TrainResult:
+    best_accuracy: float
+    last_accuracy: float
+    best_epoch: int
+    history: list[dict] = field(default_factory=list)
+    wall_seconds: float = 0.0
+    run_dir: str = ""
+
+
+class RunningSums:
+    """Device-side sums of per-step values; `read()` is the only place they reach the host."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.sums: dict[str, torch.Tensor] = {}
+        self.samples = torch.zeros((), device=device)
+        self.steps = 0
+
+    def add(self, values: dict[str, torch.Tensor], batch_size: torch.Tensor | int) -> None:
+        for key, value in values.items():
+            value = value.detach().float()
+            if key in self.sums:
+                self.sums[key] += value
+            else:
+                self.sums[key] = value.clone()
+        self.samples += batch_size
+        self.steps += 1
+
+    def read(self) -> dict[str, float]:
+        if not self.sums:
+            return {}
+        keys = list(self.sums)
+        stacked = torch.stack([self.sums[k] for k in keys]).cpu().tolist()
+        return {key: value / max(self.steps, 1) for key, value in zip(keys, stacked)}
+
+
+def evaluate(model: torch.nn.Module, loader, autocast) -> dict[str, float]:
+    """Top-1/top-5 accuracy and mean CE of `model` over a loader (one host sync at the end)."""
+    was_training = model.training
+    model.eval()
+    device_sums = None
+    with torch.no_grad(), autocast():
+        for images, labels, _ in loader:
+            logits = model(images).float()
+            top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            hits = top5 == labels[:, None]
+            batch = torch.stack(
+                [
+                    hits[:, 0].sum().float(),
+                    hits.any(dim=1).sum().float(),
+                    torch.nn.functional.cross_entropy(logits, labels, reduction="sum"),
+                    torch.tensor(float(labels.shape[0]), device=labels.device),
+                ]
+            )
+            device_sums = batch if device_sums is None else device_sums + batch
+    model.train(was_training)
+    top1, top5, loss, count = device_sums.cpu().tolist()
+    return {"top1": top1 / count, "top5": top5 / count, "loss": loss / count, "count": count}
+
+
+class Trainer:
+    def __init__(
+        self,
+        distiller: Distiller,
+        train_loader,
+        test_loader,
+        config: RunConfig,
+        run_dir: str | Path,
+        *,
+        device: torch.device,
+        checkpoint_extras: dict[str, Any] | None = None,
+        distributed: DistributedContext | None = None,
+        log_line=None,
+    ):
+        self.distiller = distiller.to(device)
+        self.train_loader = train_loader
+        self.test_loader = test_loader
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.device = device
+        self.extras = checkpoint_extras or {}
+        self.distributed = distributed or DistributedContext()
+        self.log_line = log_line or (lambda text: tqdm.write(text))
+        if config.channels_last:
+            self.distiller.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(distiller.trainable_parameters(), config.optim, device)
+        self.scheduler = build_scheduler(
+            self.optimizer, config.optim, len(train_loader), config.epochs
+        )
+        # bf16 needs no loss scaling; the scaler is kept (disabled) so checkpoints have one format
+        self.scaler = torch.amp.GradScaler(device.type, enabled=False)
+        self.step_model = self.distributed.wrap(self.distiller)
+        self.eval_model = self.distiller.student
+        if config.compile:
+            self.step_model, self.eval_model = self._compile()
+        self.epoch = 0  # completed epochs
+        self.step = 0
+        self.best_accuracy = -1.0
+        self.best_epoch = 0
+        self.history: list[dict] = []
+        self.metrics_file = self.run_dir / "metrics.jsonl"
+        self.tensorboard = None
+
+    # ---- precision / compile -----------------------------------------------------------------
+    def autocast(self):
+        if self.config.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _compile(self):
+        try:
+            step_model = torch.compile(self.step_model)
+            eval_model = torch.compile(self.distiller.student)
+            return step_model, eval_model
+        except Exception as error:  # compilers fail in many ways; training must go on
+            self.log_line(f"warning: torch.compile failed ({error}); running eagerly")
+            return self.step_model, self.distiller.student
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        distiller_state = {
+            key: value
+            for key, value in self.distiller.state_dict().items()
+            if not key.startswith(
+                ("student.", "teacher.", "_student_extractor.", "_teacher_extractor.")
+            )
+        }
+        return {
+            "format": FORMAT,
+            "model": self.distiller.student.state_dict(),
+            "distiller": distiller_state,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": capture_rng_state(),
+            "loader": self.train_loader.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "best_accuracy": self.best_accuracy,
+            "best_epoch": self.best_epoch,
+            "history": self.history,
+            **self.extras,
+        }
+
+    def save(self, is_best: bool) -> None:
+        if not self.distributed.is_main:
+            return
+        state = self.state_dict()
+        atomic_save(state, self.run_dir / "last.pt")
+        if is_best:
+            atomic_save(state, self.run_dir / "best.pt")
+
+    def resume(self, path: str | Path) -> None:
+        state = load_checkpoint(path, map_location=self.device)
+        if state.get("format") != FORMAT:
+            raise CheckpointError(
+                f"{path} is not a mimkd training checkpoint; resume from a run's last.pt."
+            )
+        self.distiller.student.load_state_dict(state["model"])
+        self.distiller.load_state_dict(state["distiller"], strict=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        restore_rng_state(state["rng"])
+        self.train_loader.load_state_dict(state["loader"])
+        self.epoch = state["epoch"]
+        self.step = state["step"]
+        self.best_accuracy = state["best_accuracy"]
+        self.best_epoch = state["best_epoch"]
+        self.history = list(state["history"])
+
+    # ---- logging -----------------------------------------------------------------------------
+    def _log(self, record: dict) -> None:
+        if not self.distributed.is_main:
+            return
+        with open(self.metrics_file, "a") as file:
+            file.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None and record.get("kind") == "epoch":
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("epoch", "step"):
+                    self.tensorboard.add_scalar(key, value, record["epoch"])
+
+    def _open_tensorboard(self) -> None:
+        if self.config.tensorboard and self.distributed.is_main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                self.log_line(
+                    'warning: tensorboard is not installed (pip install "mimkd[tensorboard]")'
+                )
+                return
+            self.tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._open_tensorboard()
+        start = time.perf_counter()
+        steps_per_epoch = len(self.train_loader)
+        total_steps = self.config.epochs * steps_per_epoch
+        if self.config.max_steps:
+            total_steps = min(total_steps, self.config.max_steps)
+        bar = tqdm(
+            total=total_steps,
+            initial=min(self.step, total_steps),
+            disable=not (self.config.progress and self.distributed.is_main),
+            desc=self.config.name or "train",
+            unit="step",
+            dynamic_ncols=True,
+        )
+        try:
+            while self.epoch < self.config.epochs and self.step < total_steps:
+                self._train_epoch(bar, total_steps)
+        finally:
+            bar.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+        last = self.history[-1]["test_top1"] if self.history else float("nan")
+        return TrainResult(
+            best_accuracy=self.best_accuracy,
+            last_accuracy=last,
+            best_epoch=self.best_epoch,
+            history=self.history,
+            wall_seconds=time.perf_counter() - start,
+            run_dir=str(self.run_dir),
+        )
+
+    def _train_epoch(self, bar, total_steps: int) -> None:
+        self.distiller.train()
+        self.distiller.on_epoch_start(self.epoch)
+        sums = RunningSums(self.device)
+        interval = RunningSums(self.device)
+        epoch_start = time.perf_counter()
+        interval_start = epoch_start
+        log_every = max(1, self.config.log_every)
+        for images, labels, indices in self.train_loader:
+            with self.autocast():
+                output = self.step_model(images, labels, indices)
+                loss = output.total_loss
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            correct = (output.logits.detach().argmax(dim=1) == labels).sum()
+            values = {"loss": loss, "train_correct": correct / labels.shape[0]}
+            values.update({f"loss_{k}": v for k, v in output.losses.items()})
+            values.update(output.metrics)
+            sums.add(values, labels.shape[0])
+            interval.add(values, labels.shape[0])
+            if self.step % log_every == 0 or self.step >= total_steps:
+                interval_start = self._report_interval(bar, interval, interval_start)
+                interval = RunningSums(self.device)
+            if self.step >= total_steps:
+                break
+        if interval.steps:
+            self._report_interval(bar, interval, interval_start)
+        train = sums.read()
+        self._check_finite(train.get("loss", 0.0))
+        evaluation = evaluate(self.eval_model, self.test_loader, self.autocast)
+        self.epoch += 1
+        record = {
+            "kind": "epoch",
+            "epoch": self.epoch,
+            "step": self.step,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "train_loss": train.get("loss", float("nan")),
+            "train_top1": train.get("train_correct", float("nan")),
+            "test_top1": evaluation["top1"],
+            "test_top5": evaluation["top5"],
+            "test_loss": evaluation["loss"],
+            "epoch_seconds": time.perf_counter() - epoch_start,
+        }
+        record.update({k: v for k, v in train.items() if k not in ("loss", "train_correct")})
+        self.history.append(record)
+        is_best = evaluation["top1"] > self.best_accuracy
+        if is_best:
+            self.best_accuracy = evaluation["top1"]
+            self.best_epoch = self.epoch
+        self._log(record)
+        self.save(is_best)
+        self.log_line(
+            f"epoch {self.epoch}/{self.config.epochs}  loss {record['train_loss']:.4f}  "
+            f"train {record['train_top1']:.4f}  test {evaluation['top1']:.4f}  "
+            f"(best {self.best_accuracy:.4f} @ {self.best_epoch})"
+        )
+
+    def _report_interval(self, bar, interval: RunningSums, since: float) -> float:
+        values = interval.read()
+        now = time.perf_counter()
+        images = interval.samples.item()
+        self._check_finite(values.get("loss", 0.0))
+        speed = images / max(now - since, 1e-9)
+        bar.update(interval.steps)
+        bar.set_postfix(
+            epoch=self.epoch + 1,
+            loss=f"{values['loss']:.3f}",
+            acc=f"{values['train_correct']:.3f}",
+            img_s=f"{speed:,.0f}",
+            refresh=False,
+        )
+        self._log(
+            {
+                "kind": "interval",
+                "epoch": self.epoch + 1,
+                "step": self.step,
+                "images_per_second": speed,
+                **values,
+            }
+        )
+        return now
+
+    def _check_finite(self, loss: float) -> None:
+        if not math.isfinite(loss):
+            raise TrainingDivergedError(
+                f"the loss became {loss} at step {self.step} (epoch {self.epoch + 1}); the last good "
+                f"checkpoint is {self.run_dir / 'last.pt'}. Lower optim.lr or the method's loss weights, "
+                "then resume or rerun."
+            )
