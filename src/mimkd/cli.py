@@ -132,10 +132,10 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     lay.add_argument("--json", action="store_true")
 
     exp = sub.add_parser(
-        "export", help="export a distilled student for deployment (ONNX, safetensors, TorchScript)"
+        "export", help="export a distilled student for deployment (ONNX, safetensors, torch.export .pt2)"
     )
     exp.add_argument("checkpoint")
-    exp.add_argument("--format", default="onnx", choices=["onnx", "safetensors", "torchscript"])
+    exp.add_argument("--format", default="onnx", choices=["onnx", "safetensors", "pt2"])
     exp.add_argument("--out", default=None, help="output file (default beside the checkpoint)")
     return parser
 

@@ -7,6 +7,7 @@ from the environment; the data loaders shard every epoch's permutation by rank.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,13 @@ class DistributedContext:
             return module
         device_ids = [self.local_rank] if torch.cuda.is_available() else None
         return nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
+
+    def broadcast_path(self, path: Path) -> Path:
+        if not self.enabled:
+            return path
+        holder = [str(path)]
+        dist.broadcast_object_list(holder, src=0)
+        return Path(holder[0])
 
     def barrier(self) -> None:
         if self.enabled:

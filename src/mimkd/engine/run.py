@@ -122,10 +122,9 @@ def run(
         _check_classes(teacher, sample_input, dataset.num_classes, "teacher")
     _check_classes(student, sample_input, dataset.num_classes, "student")
 
-    needs_drop = (
-        config.data.batch_size > 1
-        and (len(dataset.train) % config.data.batch_size) < info.min_batch_size
-    )
+    # a last batch too small for the method's negatives is dropped; otherwise every image is used
+    remainder = (len(dataset.train) // distributed.world_size) % config.data.batch_size
+    needs_drop = 0 < remainder < info.min_batch_size
     train_loader = make_loader(
         dataset.train,
         config.data.batch_size,
@@ -165,6 +164,7 @@ def run(
     distiller = create_distiller(config.method, student, teacher, context, method_config)
 
     run_dir = Path(config.run_dir) if config.resume else new_run_dir(config)
+    run_dir = distributed.broadcast_path(run_dir)  # every rank writes into rank 0's folder
     if config.resume and not (run_dir / "last.pt").is_file():
         raise MimkdError(
             f"cannot resume: {run_dir / 'last.pt'} does not exist; pass the folder of an earlier run (run_dir=... or --resume RUN_DIR)."
