@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def kd_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """Hinton et al. 2015: T^2 * KL(softmax(z_T/T) || softmax(z_S/T)), averaged over the batch.
 
     The T^2 factor keeps the gradient scale independent of T (Hinton et al., section 2).
