@@ -64,6 +64,8 @@ class Distiller(nn.Module, metaclass=abc.ABCMeta):
     needs_indices: ClassVar[bool] = False
     # a method that contrasts against other samples of the batch needs at least two
     min_batch_size: ClassVar[int] = 1
+    # methods whose stages leave some parameters without gradient (AB/FT/FSP init) tell DDP so
+    ddp_find_unused_parameters: ClassVar[bool] = False
     # the student/teacher taps a method reads; filled per instance from TapSets
     student_tap_paths: list[str]
     teacher_tap_paths: list[str]

@@ -33,7 +33,10 @@ class DistributedContext:
         if not self.enabled:
             return module
         device_ids = [self.local_rank] if torch.cuda.is_available() else None
-        return nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
+        find_unused = getattr(module, "ddp_find_unused_parameters", False)
+        return nn.parallel.DistributedDataParallel(
+            module, device_ids=device_ids, find_unused_parameters=find_unused
+        )
 
     def broadcast_path(self, path: Path) -> Path:
         if not self.enabled:

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def plot_curves(histories: dict[str, list[dict]], path: str | Path, title: str = "") -> None:
     """Test accuracy, train loss and any MI bounds per epoch, one line per run."""
-    has_bounds = any(any(k.startswith("bound_") for k in h[0]) for h in histories.values() if h)
+    has_bounds = any(k.startswith("bound_") for h in histories.values() for r in h for k in r)
     panels = 3 if has_bounds else 2
     figure, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.8))
     for label, history in histories.items():
@@ -29,10 +29,10 @@ def plot_curves(histories: dict[str, list[dict]], path: str | Path, title: str =
             epochs, [r["train_loss"] for r in history], label=label, color=line.get_color()
         )
         if has_bounds:
-            for key in sorted(k for k in history[0] if k.startswith("bound_")):
+            for key in sorted({k for r in history for k in r if k.startswith("bound_")}):
                 axes[2].plot(
                     epochs,
-                    [r[key] for r in history],
+                    [r.get(key, float("nan")) for r in history],
                     label=f"{label} {key[6:]}",
                     color=line.get_color(),
                     ls="-" if "global" in key else ":",
@@ -85,12 +85,13 @@ def write_run_report(run_dir: str | Path, results: dict, history: list[dict]) ->
         ["wall time", f"{results['wall_seconds']:.1f} s"],
         ["device", results["device"]],
     ]
-    metric_keys = [
-        k for k in (history[0] if history else {}) if k.startswith(("loss_", "bound_", "critic_"))
-    ]
+    # methods with stages (AB, FT, FSP) log different terms per stage: take keys from every epoch
+    metric_keys = list(
+        dict.fromkeys(k for r in history for k in r if k.startswith(("loss_", "bound_", "critic_")))
+    )
     epoch_rows = [
         [r["epoch"], r["train_loss"], r["train_top1"], r["test_top1"], r["test_top5"]]
-        + [r[k] for k in metric_keys]
+        + [r.get(k, "-") for k in metric_keys]
         for r in history
     ]
     text = "\n\n".join(

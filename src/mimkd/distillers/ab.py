@@ -1,0 +1,151 @@
+"""AB: transfer the activation boundaries of the teacher's hidden neurons (which are on, which off).
+
+Heo, Lee, Yun, Choi, "Knowledge Transfer via Distillation of Activation Boundaries Formed by Hidden
+Neurons", AAAI 2019 (arXiv 1811.03233). A connector maps each student stage onto the teacher's
+shape; the alternative (squared-hinge) loss pushes a connector response above +margin where the
+teacher neuron is active and below -margin where it is not:
+    sum (s - m)^2 [t > 0, s <= m] + (s + m)^2 [t <= 0, s > -m].
+AB is a pre-training ("init") method: the loss trains the student's feature layers and the
+connectors for the first `init_epochs`, then the student trains on the labels.
+
+Defaults and their sources (RepDistiller `distiller_zoo/AB.py`, `helper/pretrain.py`,
+`helper/loops.py`, `train_student.py` and the CIFAR-100 script `--distill abound -r 1 -a 0 -b 1`):
+margin 1.0; 30 init epochs with the AB loss alone (unweighted: `pretrain.py` sums the layer losses);
+stage i of n weighted 2^(i - n + 1), so the deepest counts most; each layer's loss divided by the
+batch size and scaled by 3/1000 (Heo et al.'s released code); taps are the intermediate stages
+(`feat[1:-1]`). In the main stage RepDistiller's `loss_kd` for AB is 0, so its `-b 1` multiplies
+nothing: the main stage is CE alone, i.e. `distill_weight = 0` here (raise it to keep AB on).
+
+How the stages map to RepDistiller: it runs the 30 init epochs before and outside its 240-epoch
+loop, with their own SGD optimizer; here they are the first `init_epochs` epochs of the run (the
+stage follows `on_epoch_start`), so a faithful reproduction trains `init_epochs + 240` epochs with
+the LR milestones shifted by `init_epochs`. No trainer or CLI knows about the stages.
+
+Deviation: RepDistiller reads pre-ReLU stage outputs (`preact=True`); taps read what a module
+returns, which for the zoo's stages is post-ReLU. The teacher side loses nothing (t > 0 is the
+same test before and after a ReLU); the student side always goes through a connector (conv + BN,
+as in Heo et al.'s code, where RepDistiller uses identity for equal shapes), so it can still
+answer with negative values.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mimkd.distillers import register_distiller
+from mimkd.distillers.adapters import ConvRegressor, pair_taps
+from mimkd.distillers.base import Distiller, StepOutput, check_logits_match
+from mimkd.distillers.losses import kd_loss
+
+# Heo et al.'s (and RepDistiller's) fixed scale on the per-sample boundary loss
+AB_LOSS_SCALE = 3 / 1000
+
+
+@dataclass
+class ABConfig:
+    ce_weight: float = 1.0  # main-stage cross-entropy weight (RepDistiller -r)
+    kd_weight: float = 0.0  # main-stage Hinton KD weight (RepDistiller -a); 0 leaves it out
+    temperature: float = 4.0  # KD temperature (RepDistiller --kd_T)
+    distill_weight: float = 0.0  # main-stage AB weight; 0: RepDistiller's main-stage AB term is 0
+    init_epochs: int = 30  # AB-only epochs at the start of the run (RepDistiller --init_epochs)
+    init_weight: float = 1.0  # AB loss weight in the init stage (RepDistiller: unweighted)
+    margin: float = 1.0  # activation-boundary margin m (Heo et al.; RepDistiller ABLoss)
+    student_layers: list[str] = field(default_factory=list)  # student taps; empty: stages
+    teacher_layers: list[str] = field(default_factory=list)  # teacher taps, paired in order
+
+
+def activation_boundary_loss(
+    student_response: torch.Tensor, teacher_response: torch.Tensor, margin: float
+) -> torch.Tensor:
+    """Heo et al.'s alternative (squared-hinge) loss, summed and divided by the batch size."""
+    with torch.autocast(student_response.device.type, enabled=False):
+        source = student_response.float()
+        teacher_active = teacher_response > 0
+        push_up = (source - margin).pow(2) * (teacher_active & (source <= margin))
+        push_down = (source + margin).pow(2) * (~teacher_active & (source > -margin))
+        return (push_up + push_down).sum() / source.shape[0]
+
+
+@register_distiller(
+    "ab",
+    paper="Heo et al., AAAI 2019 (arXiv 1811.03233)",
+    taps="stages (student and teacher)",
+)
+class ActivationBoundaries(Distiller):
+    """AB: pre-train student stages to reproduce the teacher's activation boundaries, then CE."""
+
+    Config = ABConfig
+    ddp_find_unused_parameters = True  # the init stage trains only some modules
+
+    def __init__(self, student, teacher, config, context):
+        super().__init__(student, teacher, config, context)
+        self.layer_pairs = pair_taps(
+            config.student_layers,
+            config.teacher_layers,
+            self.student_taps.stages,
+            self.teacher_taps.stages,
+        )
+        student_shapes = self.probe(student, [s for s, _ in self.layer_pairs])
+        teacher_shapes = self.probe(teacher, [t for _, t in self.layer_pairs])
+        self.connectors = nn.ModuleList(
+            ConvRegressor(student_shapes[s], teacher_shapes[t], use_relu=False)
+            for s, t in self.layer_pairs
+        )
+        if config.kd_weight:
+            check_logits_match(student_shapes["logits"], teacher_shapes["logits"])
+        if config.init_epochs >= context.total_epochs:
+            warnings.warn(
+                f"ab spends its first {config.init_epochs} epochs in the init stage but the run "
+                f"has {context.total_epochs}: the student never trains on the labels. Lower "
+                "ab.init_epochs or raise the number of epochs.",
+                stacklevel=2,
+            )
+        self.tap_student([s for s, _ in self.layer_pairs])
+        self.tap_teacher([t for _, t in self.layer_pairs])
+
+    @property
+    def in_init_stage(self) -> bool:
+        return self.epoch < self.config.init_epochs
+
+    def on_epoch_start(self, epoch: int) -> None:
+        super().on_epoch_start(epoch)
+        if not self.in_init_stage and not self.config.distill_weight:
+            # idle connectors: no stale gradient for weight decay or momentum to act on
+            for parameter in self.connectors.parameters():
+                parameter.grad = None
+
+    def boundary_loss(
+        self, student_features: dict[str, torch.Tensor], teacher_features: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        count = len(self.layer_pairs)
+        total = 0.0
+        for index, ((s, t), connector) in enumerate(zip(self.layer_pairs, self.connectors)):
+            layer_weight = 2.0 ** (index - count + 1)
+            total = total + layer_weight * activation_boundary_loss(
+                connector(student_features[s]), teacher_features[t], self.config.margin
+            )
+        return total * AB_LOSS_SCALE
+
+    def forward_train(self, images, labels, indices=None) -> StepOutput:
+        cfg = self.config
+        teacher_logits, teacher_features = self.teacher_forward(images)
+        logits, student_features = self.student_forward(images)
+        if self.in_init_stage:
+            # RepDistiller's init stage trains on the AB loss alone (no labels)
+            loss = self.boundary_loss(student_features, teacher_features)
+            return StepOutput(
+                logits, {"ab_init": cfg.init_weight * loss}, {"ab_loss": loss.detach()}
+            )
+        losses = {"ce": cfg.ce_weight * F.cross_entropy(logits, labels)}
+        if cfg.kd_weight:
+            losses["kd"] = cfg.kd_weight * kd_loss(logits, teacher_logits, cfg.temperature)
+        if not cfg.distill_weight:
+            return StepOutput(logits, losses)
+        loss = self.boundary_loss(student_features, teacher_features)
+        losses["ab"] = cfg.distill_weight * loss
+        return StepOutput(logits, losses, {"ab_loss": loss.detach()})
