@@ -5,6 +5,12 @@ from __future__ import annotations
 import dataclasses
 
 
+def _default(field: dataclasses.Field):
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
 def listing(what: str) -> list[dict]:
     if what == "models":
         from mimkd.models import list_models
@@ -54,7 +60,7 @@ def listing(what: str) -> list[dict]:
                 "description": info.description,
                 "paper": info.paper,
                 "taps": info.taps,
-                "parameters": {f.name: f.default for f in dataclasses.fields(info.config_class)},
+                "parameters": {f.name: _default(f) for f in dataclasses.fields(info.config_class)},
             }
             for info in list_distillers()
         ]
