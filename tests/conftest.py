@@ -54,24 +54,40 @@ def write_cifar(root: Path, name: str, train_count: int = 60, test_count: int = 
         per_batch = train_count // 5
         for index in range(1, 6):
             images, labels = synthetic_images(per_batch, 10, 32, 3, index)
-            record = {b"data": images.reshape(per_batch, -1), b"labels": labels.tolist(), b"batch_label": b"x"}
+            record = {
+                b"data": images.reshape(per_batch, -1),
+                b"labels": labels.tolist(),
+                b"batch_label": b"x",
+            }
             (folder / f"data_batch_{index}").write_bytes(pickle.dumps(record))
         images, labels = synthetic_images(test_count, 10, 32, 3, 9)
-        (folder / "test_batch").write_bytes(pickle.dumps({b"data": images.reshape(test_count, -1), b"labels": labels.tolist()}))
-        (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [f"c{i}" for i in range(10)]}))
+        (folder / "test_batch").write_bytes(
+            pickle.dumps({b"data": images.reshape(test_count, -1), b"labels": labels.tolist()})
+        )
+        (folder / "batches.meta").write_bytes(
+            pickle.dumps({b"label_names": [f"c{i}" for i in range(10)]})
+        )
     else:
         folder = root / "cifar-100-python"
         folder.mkdir(parents=True)
         for split, count, seed in (("train", train_count, 0), ("test", test_count, 1)):
             images, labels = synthetic_images(count, 100, 32, 3, seed)
-            record = {b"data": images.reshape(count, -1), b"fine_labels": labels.tolist(), b"coarse_labels": (labels // 5).tolist()}
+            record = {
+                b"data": images.reshape(count, -1),
+                b"fine_labels": labels.tolist(),
+                b"coarse_labels": (labels // 5).tolist(),
+            }
             (folder / split).write_bytes(pickle.dumps(record))
-        (folder / "meta").write_bytes(pickle.dumps({b"fine_label_names": [f"c{i}" for i in range(100)]}))
+        (folder / "meta").write_bytes(
+            pickle.dumps({b"fine_label_names": [f"c{i}" for i in range(100)]})
+        )
     return folder
 
 
 @pytest.fixture(scope="session")
 def fashion_available() -> Path:
     if not FASHION_DEBIAN.is_dir():
-        pytest.fail("the Fashion-MNIST files are missing: run `apt-get install dataset-fashion-mnist` (.ci/run does)")
+        pytest.fail(
+            "the Fashion-MNIST files are missing: run `apt-get install dataset-fashion-mnist` (.ci/run does)"
+        )
     return FASHION_DEBIAN

@@ -8,14 +8,41 @@ import mimkd
 from mimkd.cli import main
 
 
-def test_distill_on_a_fashion_mnist_subset_writes_report_and_beats_chance(fashion_available, tmp_path, capsys):
+def test_distill_on_a_fashion_mnist_subset_writes_report_and_beats_chance(
+    fashion_available, tmp_path, capsys
+):
     teacher_dir = tmp_path / "teacher"
-    common = ["data.train_subset=1000", "data.test_subset=1000", "optim.lr=0.1", "progress=false", "data.batch_size=64"]
+    common = [
+        "data.train_subset=1000",
+        "data.test_subset=1000",
+        "optim.lr=0.1",
+        "progress=false",
+        "data.batch_size=64",
+    ]
     assert main(["train", "model=cnn_small", "epochs=2", *common, f"run_dir={teacher_dir}"]) == 0
     student_dir = tmp_path / "student"
-    code = main(["distill", "method=kd", "model=cnn_tiny", f"teacher={teacher_dir / 'best.pt'}", "epochs=3", *common, "data.batch_size=32", f"run_dir={student_dir}"])
+    code = main(
+        [
+            "distill",
+            "method=kd",
+            "model=cnn_tiny",
+            f"teacher={teacher_dir / 'best.pt'}",
+            "epochs=3",
+            *common,
+            "data.batch_size=32",
+            f"run_dir={student_dir}",
+        ]
+    )
     assert code == 0
-    for name in ("report.md", "curves.png", "results.json", "config.yaml", "metrics.jsonl", "last.pt", "best.pt"):
+    for name in (
+        "report.md",
+        "curves.png",
+        "results.json",
+        "config.yaml",
+        "metrics.jsonl",
+        "last.pt",
+        "best.pt",
+    ):
         assert (student_dir / name).is_file(), name
     results = json.loads((student_dir / "results.json").read_text())
     assert results["best_accuracy"] > 0.3  # 10 classes: chance is 0.1
@@ -35,12 +62,20 @@ def test_python_api_with_modules(idx_folder, tmp_path):
     from mimkd.models import create_model
 
     teacher = create_model("cnn_small", num_classes=10, in_channels=1)
-    student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    student = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(28 * 28, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)
+    )
     results = mimkd.distill(
         student,
         teacher,
         method="kd",
-        overrides={"data.root": str(idx_folder), "data.download": False, "epochs": 1, "progress": False, "run_dir": str(tmp_path)},
+        overrides={
+            "data.root": str(idx_folder),
+            "data.download": False,
+            "epochs": 1,
+            "progress": False,
+            "run_dir": str(tmp_path),
+        },
     )
     assert results["student_parameters"] == 28 * 28 * 32 + 32 + 32 * 10 + 10
     assert (tmp_path / "report.md").is_file()

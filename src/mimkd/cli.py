@@ -132,7 +132,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     lay.add_argument("--json", action="store_true")
 
     exp = sub.add_parser(
-        "export", help="export a distilled student for deployment (ONNX, safetensors, torch.export .pt2)"
+        "export",
+        help="export a distilled student for deployment (ONNX, safetensors, torch.export .pt2)",
     )
     exp.add_argument("checkpoint")
     exp.add_argument("--format", default="onnx", choices=["onnx", "safetensors", "pt2"])
@@ -142,7 +143,6 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 @command("train")
 def _train(args) -> int:
-    from mimkd.engine.run import run_from_args
 
     overrides = list(args.overrides)
     if any(o.startswith("method=") and o != "method=ce" for o in overrides):

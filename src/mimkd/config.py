@@ -78,9 +78,11 @@ class RunConfig:
     epochs: int = 10  # training epochs
     seed: int = 0  # seeds every RNG (python, numpy, torch, data order, augmentation)
     device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
-    precision: str = "fp32"  # fp32 | bf16 (autocast, fp32 master weights)
-    channels_last: bool = False  # NHWC memory format for conv nets
-    compile: bool = False  # torch.compile student, teacher and critics
+    precision: str = "auto"  # auto (bf16 on CUDA, else fp32) | fp32 | bf16 (autocast, fp32 master)
+    channels_last: bool = True  # NHWC memory format (faster convolutions on CPU and GPU)
+    compile: bool | None = None  # torch.compile student+teacher+critics; null: on for CUDA only
+    compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs) | max-autotune | ...
+    fast_teacher: bool = True  # fold the frozen teacher's BatchNorms into its convolutions
     deterministic: bool = False  # torch.use_deterministic_algorithms
     log_every: int = 50  # steps between progress-bar refreshes (the only host syncs)
     progress: bool = True  # show a progress bar
@@ -95,14 +97,15 @@ class RunConfig:
 VALID_CHOICES = {
     "data.augment": ("none", "crop_flip"),
     "optim.schedule": ("multistep", "cosine", "constant"),
-    "precision": ("fp32", "bf16"),
+    "precision": ("auto", "fp32", "bf16"),
+    "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
 }
 
 
 def _all_keys(node: Any, prefix: str = "") -> list[str]:
     keys = []
     if isinstance(node, DictConfig):
-        for key in node.keys():
+        for key in node:
             dotted = f"{prefix}{key}"
             keys.append(dotted)
             keys.extend(_all_keys(node._get_node(key), dotted + "."))

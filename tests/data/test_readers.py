@@ -24,7 +24,14 @@ def test_idx_reader_loads_generated_fashion_mnist(idx_folder):
 
 
 def test_idx_as_cifar_shaped_and_balanced_subset(idx_folder):
-    bundle = load_dataset("fashion_mnist", root=str(idx_folder), download=False, image_size=32, channels=3, train_subset=100)
+    bundle = load_dataset(
+        "fashion_mnist",
+        root=str(idx_folder),
+        download=False,
+        image_size=32,
+        channels=3,
+        train_subset=100,
+    )
     assert bundle.train.images.shape == (100, 3, 32, 32)
     # 28 -> 32 is zero padding by 2 on each side, the original pixels unchanged
     original = load_dataset("fashion_mnist", root=str(idx_folder), download=False, train_subset=100)
@@ -83,7 +90,9 @@ def test_corrupt_cifar_pickle_is_a_clear_error(tmp_path):
 
 def test_cifar_with_wrong_row_length_is_a_clear_error(tmp_path):
     folder = write_cifar(tmp_path, "cifar100")
-    (folder / "test").write_bytes(pickle.dumps({b"data": np.zeros((2, 10), np.uint8), b"fine_labels": [0, 1]}))
+    (folder / "test").write_bytes(
+        pickle.dumps({b"data": np.zeros((2, 10), np.uint8), b"fine_labels": [0, 1]})
+    )
     with pytest.raises(DataError, match="expected \\[N, 3072\\]"):
         load_dataset("cifar100", root=str(tmp_path), download=False)
 
@@ -98,7 +107,9 @@ def _image_folder(root, corrupt=False):
             if index % 2:
                 write_png(tensor, str(folder / f"{index}.png"))
             else:
-                (folder / f"{index}.jpg").write_bytes(encode_jpeg(tensor, quality=95).numpy().tobytes())
+                (folder / f"{index}.jpg").write_bytes(
+                    encode_jpeg(tensor, quality=95).numpy().tobytes()
+                )
     if corrupt:
         (root / "train" / "class_0" / "0.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     return root
@@ -107,12 +118,16 @@ def _image_folder(root, corrupt=False):
 def test_imagefolder_reads_jpeg_and_png(tmp_path):
     from mimkd.data import make_loader
 
-    bundle = load_dataset("imagefolder", root=str(_image_folder(tmp_path)), image_size=32, augment="none")
+    bundle = load_dataset(
+        "imagefolder", root=str(_image_folder(tmp_path)), image_size=32, augment="none"
+    )
     assert bundle.num_classes == 3 and bundle.classes == ["class_0", "class_1", "class_2"]
     assert len(bundle.train) == 12
     image, label, index = bundle.test[1]
     assert image.shape == (3, 32, 32) and image.dtype == torch.uint8
-    loader = make_loader(bundle.train, 5, mean=bundle.mean, std=bundle.std, device="cpu", train=True, num_workers=0)
+    loader = make_loader(
+        bundle.train, 5, mean=bundle.mean, std=bundle.std, device="cpu", train=True, num_workers=0
+    )
     batches = list(loader)
     assert [b[0].shape[0] for b in batches] == [5, 5, 2]
     assert sorted(torch.cat([b[2] for b in batches]).tolist()) == list(range(12))
@@ -121,8 +136,12 @@ def test_imagefolder_reads_jpeg_and_png(tmp_path):
 def test_imagefolder_corrupt_image_is_a_clear_error(tmp_path):
     from mimkd.data import make_loader
 
-    bundle = load_dataset("imagefolder", root=str(_image_folder(tmp_path, corrupt=True)), image_size=32)
-    loader = make_loader(bundle.train, 4, mean=bundle.mean, std=bundle.std, device="cpu", train=False, num_workers=0)
+    bundle = load_dataset(
+        "imagefolder", root=str(_image_folder(tmp_path, corrupt=True)), image_size=32
+    )
+    loader = make_loader(
+        bundle.train, 4, mean=bundle.mean, std=bundle.std, device="cpu", train=False, num_workers=0
+    )
     with pytest.raises(DataError, match="0.jpg is corrupt"):
         list(loader)
 

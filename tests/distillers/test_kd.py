@@ -71,5 +71,7 @@ def test_teacher_gets_no_gradient_and_stays_in_eval_mode():
     for key, value in teacher.state_dict().items():
         assert torch.equal(value, teacher_before[key]), key
     assert not teacher.training
-    assert {id(p) for p in distiller.trainable_parameters()} == {id(p) for p in student.parameters()}
+    assert {id(p) for p in distiller.trainable_parameters()} == {
+        id(p) for p in student.parameters()
+    }
     assert distiller.extra_parameter_count() == 0

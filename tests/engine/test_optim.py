@@ -27,5 +27,7 @@ def test_cosine_with_linear_warmup():
     assert lr_factor(9, steps, 5, config) == pytest.approx(1.0)
     assert lr_factor(10, steps, 5, config) == pytest.approx(1.0)
     halfway = 10 + 2 * steps  # 2 of the 4 post-warm-up epochs
-    assert lr_factor(halfway, steps, 5, config) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_factor(halfway, steps, 5, config) == pytest.approx(
+        0.5 * (1 + math.cos(math.pi * 0.5))
+    )
     assert lr_factor(50, steps, 5, config) == pytest.approx(0.0, abs=1e-12)

@@ -38,7 +38,9 @@ def _base(idx_folder, run_dir, method, teacher=None):
 @pytest.fixture(scope="module")
 def teacher_checkpoint(idx_folder, tmp_path_factory):
     folder = tmp_path_factory.mktemp("teacher")
-    config, method_config = load_config(None, [*_base(idx_folder, folder, "ce"), "model.name=cnn_small", "epochs=1"])
+    config, method_config = load_config(
+        None, [*_base(idx_folder, folder, "ce"), "model.name=cnn_small", "epochs=1"]
+    )
     run(config, method_config)
     return folder / "best.pt"
 
@@ -50,7 +52,9 @@ def _assert_same_state(a: dict, b: dict):
 
 
 @pytest.mark.parametrize("method", ["ce", "kd"])
-def test_stop_after_one_epoch_and_resume_matches_two_straight(idx_folder, tmp_path, teacher_checkpoint, method):
+def test_stop_after_one_epoch_and_resume_matches_two_straight(
+    idx_folder, tmp_path, teacher_checkpoint, method
+):
     teacher = teacher_checkpoint if method == "kd" else None
     straight = tmp_path / "straight"
     config, method_config = load_config(None, _base(idx_folder, straight, method, teacher))
@@ -58,10 +62,14 @@ def test_stop_after_one_epoch_and_resume_matches_two_straight(idx_folder, tmp_pa
 
     stopped = tmp_path / "stopped"
     steps_per_epoch = 400 // 32 + 1
-    config, method_config = load_config(None, [*_base(idx_folder, stopped, method, teacher), f"max_steps={steps_per_epoch}"])
+    config, method_config = load_config(
+        None, [*_base(idx_folder, stopped, method, teacher), f"max_steps={steps_per_epoch}"]
+    )
     run(config, method_config)
     assert load_checkpoint(stopped / "last.pt")["epoch"] == 1
-    config, method_config = load_config(None, [*_base(idx_folder, stopped, method, teacher), "resume=true"])
+    config, method_config = load_config(
+        None, [*_base(idx_folder, stopped, method, teacher), "resume=true"]
+    )
     run(config, method_config)
 
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(stopped / "last.pt")
@@ -76,7 +84,21 @@ def test_checkpoint_holds_everything_and_loads_as_data(idx_folder, tmp_path):
     config, method_config = load_config(None, [*_base(idx_folder, tmp_path, "ce"), "epochs=1"])
     run(config, method_config)
     state = torch.load(tmp_path / "last.pt", weights_only=True)
-    for key in ("model", "distiller", "optimizer", "scheduler", "scaler", "rng", "loader", "epoch", "step", "config", "teacher_sha256", "model_name", "num_classes"):
+    for key in (
+        "model",
+        "distiller",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "rng",
+        "loader",
+        "epoch",
+        "step",
+        "config",
+        "teacher_sha256",
+        "model_name",
+        "num_classes",
+    ):
         assert key in state, key
     assert set(state["rng"]) >= {"python", "numpy", "torch"}
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temp files
@@ -109,7 +131,12 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(idx_folder, tmp
     subprocess.run([*command, f"run_dir={straight}"], check=True, env=env, capture_output=True)
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen([*command, f"run_dir={killed}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [*command, f"run_dir={killed}"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     metrics = killed / "metrics.jsonl"
 
     def in_epoch_two():
@@ -127,7 +154,12 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(idx_folder, tmp
             process.kill()
     assert process.returncode == -signal.SIGKILL
     assert load_checkpoint(killed / "last.pt")["epoch"] == 1  # the kill landed mid epoch 2
-    subprocess.run([sys.executable, "-m", "mimkd", "distill", "--resume", str(killed)], check=True, env=env, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "mimkd", "distill", "--resume", str(killed)],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(killed / "last.pt")
     assert a["epoch"] == b["epoch"] == 3
     _assert_same_state(a["model"], b["model"])
