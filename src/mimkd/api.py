@@ -1,7 +1,6 @@
 """The Python API: everything the CLI does, from Python objects.
 
-    import mimkd
-    results = mimkd.distill(student, teacher, method="kd", overrides={"epochs": 3})
+Example: `mimkd.distill(student, teacher, method="kd", overrides={"epochs": 3})`.
 """
 
 from __future__ import annotations
