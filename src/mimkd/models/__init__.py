@@ -56,7 +56,10 @@ def create_model(
 
 
 def list_models(with_details: bool = False, num_classes: int = 100) -> list[ModelInfo]:
-    """Every zoo model; with details, its parameter count and feature taps (builds each once)."""
+    """Every zoo model; with details, its parameter count and taps (builds each once).
+
+    Counts are at `num_classes` (100, as in the CRD tables), the small CNNs at 10.
+    """
     from mimkd.features import discover_taps
 
     infos = []
@@ -67,8 +70,9 @@ def list_models(with_details: bool = False, num_classes: int = 100) -> list[Mode
         if with_details:
             import torch
 
-            in_channels = 1 if entry.info["family"] == "mnist" else 3
-            model = entry.builder(num_classes=num_classes, in_channels=in_channels)
+            small = entry.info["family"] == "mnist"  # Fashion-MNIST models: 10 classes, grey
+            in_channels = 1 if small else 3
+            model = entry.builder(num_classes=10 if small else num_classes, in_channels=in_channels)
             info.parameters = sum(p.numel() for p in model.parameters())
             size = entry.info["input_size"]
             taps = discover_taps(model, torch.zeros(2, in_channels, size, size))
