@@ -42,7 +42,9 @@ def plot_curves(histories: dict[str, list[dict]], path: str | Path, title: str =
     )
     axes[1].set(xlabel="epoch", ylabel="training loss", title="loss")
     if has_bounds:
-        axes[2].set(xlabel="epoch", ylabel="JSD bound (max 2 log 2)", title="MI lower bound")
+        axes[2].set(
+            xlabel="epoch", ylabel="JSD bound (-2 log 2 at chance, 0 best)", title="MI lower bound"
+        )
         axes[2].legend(fontsize=7)
     for axis in axes:
         axis.grid(alpha=0.3)
