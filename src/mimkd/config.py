@@ -78,7 +78,7 @@ class RunConfig:
     epochs: int = 10  # training epochs
     seed: int = 0  # seeds every RNG (python, numpy, torch, data order, augmentation)
     device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 on CUDA, else fp32) | fp32 | bf16 (autocast, fp32 master)
+    precision: str = "auto"  # auto (bf16 where native: CUDA, AVX512-BF16/AMX CPUs) | fp32 | bf16
     channels_last: bool = True  # NHWC memory format (faster convolutions on CPU and GPU)
     compile: bool | None = None  # torch.compile student+teacher+critics; null: on for CUDA only
     compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs) | max-autotune | ...

@@ -7,8 +7,8 @@ from the environment; the data loaders shard every epoch's permutation by rank.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist

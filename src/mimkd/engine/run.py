@@ -7,6 +7,7 @@ quickstart call it too.
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime
 import platform
 from pathlib import Path
@@ -20,6 +21,7 @@ from mimkd.data import load_dataset, make_loader
 from mimkd.distillers import DistillerContext, create_distiller, method_info
 from mimkd.engine.checkpoint import seed_everything
 from mimkd.engine.distributed import init_distributed
+from mimkd.engine.fast import prepare_frozen_teacher
 from mimkd.engine.report import write_run_report
 from mimkd.engine.trainer import Trainer, evaluate
 from mimkd.errors import ConfigError, MimkdError, ShapeError
@@ -118,6 +120,9 @@ def run(
         }
     elif teacher is not None:
         teacher_record["teacher"] = type(teacher).__name__
+        if config.fast_teacher:
+            # the BatchNorm fold below rewrites the module in place: keep the caller's intact
+            teacher = copy.deepcopy(teacher)
     if teacher is not None:
         _check_classes(teacher, sample_input, dataset.num_classes, "teacher")
     _check_classes(student, sample_input, dataset.num_classes, "student")
@@ -162,6 +167,9 @@ def run(
         total_epochs=config.epochs,
     )
     distiller = create_distiller(config.method, student, teacher, context, method_config)
+    if distiller.teacher is not None and config.fast_teacher:
+        # after the distiller registered its taps: the fold leaves every hooked value as it was
+        prepare_frozen_teacher(distiller.teacher)
 
     run_dir = Path(config.run_dir) if config.resume else new_run_dir(config)
     run_dir = distributed.broadcast_path(run_dir)  # every rank writes into rank 0's folder

@@ -27,6 +27,7 @@ from mimkd.engine.checkpoint import (
     restore_rng_state,
 )
 from mimkd.engine.distributed import DistributedContext
+from mimkd.engine.fast import CompiledOrEager, resolve_compile, resolve_precision, uses_cuda_graphs
 from mimkd.engine.optim import build_optimizer, build_scheduler
 from mimkd.errors import CheckpointError, TrainingDivergedError
 
@@ -125,8 +126,16 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=False)
         self.step_model = self.distributed.wrap(self.distiller)
         self.eval_model = self.distiller.student
-        if config.compile:
-            self.step_model, self.eval_model = self._compile()
+        self.precision = resolve_precision(config.precision, device)
+        self.cuda_graphs = False
+        if resolve_compile(config.compile, device):
+            self.step_model = CompiledOrEager(
+                self.step_model, mode=config.compile_mode, label="training step"
+            )
+            self.eval_model = CompiledOrEager(
+                self.eval_model, mode=config.compile_mode, label="evaluation student"
+            )
+            self.cuda_graphs = uses_cuda_graphs(config.compile_mode, device)
         self.epoch = 0  # completed epochs
         self.step = 0
         self.best_accuracy = -1.0
@@ -137,18 +146,9 @@ class Trainer:
 
     # ---- precision / compile -----------------------------------------------------------------
     def autocast(self):
-        if self.config.precision == "bf16":
+        if self.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
-
-    def _compile(self):
-        try:
-            step_model = torch.compile(self.step_model)
-            eval_model = torch.compile(self.distiller.student)
-            return step_model, eval_model
-        except Exception as error:  # compilers fail in many ways; training must go on
-            self.log_line(f"warning: torch.compile failed ({error}); running eagerly")
-            return self.step_model, self.distiller.student
 
     # ---- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -268,6 +268,9 @@ class Trainer:
         interval_start = epoch_start
         log_every = max(1, self.config.log_every)
         for images, labels, indices in self.train_loader:
+            if self.cuda_graphs:
+                # the previous step's graph outputs were consumed; let the next replay reuse them
+                torch.compiler.cudagraph_mark_step_begin()
             with self.autocast():
                 output = self.step_model(images, labels, indices)
                 loss = output.total_loss
@@ -291,7 +294,8 @@ class Trainer:
             self._report_interval(bar, interval, interval_start)
         train = sums.read()
         self._check_finite(train.get("loss", 0.0))
-        evaluation = evaluate(self.eval_model, self.test_loader, self.autocast)
+        # fp32 whatever the step's precision: reported accuracy must not depend on speed flags
+        evaluation = evaluate(self.eval_model, self.test_loader, contextlib.nullcontext)
         self.epoch += 1
         record = {
             "kind": "epoch",

@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# Every GPU check of the fast path in one command, within one 10-minute device call.
+#
+# On the GPU machine (repository root; carry .data, which holds Fashion-MNIST and the wheels of
+# any pure-Python dependency the machine may lack):
+#   MIMKD_DATA=.data bash benchmarks/gpu_check.sh
+# Before that, on a machine with the dataset files and a package index, fill .data once:
+#   bash benchmarks/gpu_check.sh --prepare
+#
+# Stages, most important first, each cut off by what is left of the budget (GPU_CHECK_BUDGET,
+# default 560 s), so a slow compile costs the later stages rather than the whole call:
+#   1 environment        GPU, driver, torch/triton, bf16; installs missing dependencies to .data/pylib
+#   2 throughput         reference loop vs mimkd's trainer (bf16, channels_last, compile, folded
+#                        teacher), KD and MIMKD, resnet32x4 -> resnet8x4, batch 64; then 4 packed runs
+#   3 fashion            a real run: resnet32x4 teacher (2 epochs, eager) then MIMKD resnet8x4
+#                        (compiled) on Fashion-MNIST as 3x32x32; accuracy, img/s, projected protocol
+#   4 cuda graphs        MIMKD with compile_mode=reduce-overhead (mimkd path only)
+#   5 overhead           MIMKD/KD step ratio and memory vs CRD
+# Logs and JSON go to $OUT (the device tool's output folder) or ./gpu_check_out.
+# GPU_CHECK_SMOKE=1 runs every stage tiny on the CPU (a check of this script, not of speed).
+set -u
+SCRIPT=$(realpath "$0")
+cd "$(dirname "$SCRIPT")/.."
+PYTHON=${PYTHON:-$(command -v python3 || command -v python)}
+
+if [[ "${1:-}" == "--prepare" ]]; then
+    set -e
+    source_dir=${FASHION_DIR:-/usr/share/datasets/fashion-mnist}
+    mkdir -p .data/fashion-mnist .data/wheels
+    cp "$source_dir"/*-ubyte.gz .data/fashion-mnist/
+    # only what a torch machine may lack; numpy and pillow come with torch/torchvision there
+    $PYTHON -m pip download --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+        --platform manylinux2014_x86_64 -d .data/wheels omegaconf matplotlib pyyaml tqdm
+    rm -f .data/wheels/numpy-*.whl .data/wheels/pillow-*.whl
+    du -sh .data
+    exit 0
+fi
+
+BUDGET=${GPU_CHECK_BUDGET:-560}
+[[ "${GPU_CHECK_SMOKE:-0}" == "1" ]] && BUDGET=${GPU_CHECK_BUDGET:-1200}
+OUT_DIR=${OUT:-gpu_check_out}
+WORK=${GPU_CHECK_WORK:-/tmp/mimkd_gpu_check}
+mkdir -p "$OUT_DIR" "$WORK"
+export MIMKD_DATA=${MIMKD_DATA:-.data}
+export PYTHONPATH="$PWD/src:$PWD/.data/pylib${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+start=$SECONDS
+if [[ "${GPU_CHECK_SMOKE:-0}" == "1" ]]; then
+    DEVICE=cpu
+    STEPS=(--steps 2 --warmup 1 --data-size 1000 --teacher resnet8x4 --student resnet8)
+    PACK=2 TEACHER_EPOCHS=1 STUDENT_EPOCHS=1 SUBSET=(data.train_subset=640 data.test_subset=256)
+    TEACHER=resnet8x4 STUDENT=resnet8 COMPILE=false
+else
+    DEVICE=cuda
+    STEPS=()
+    PACK=4 TEACHER_EPOCHS=2 STUDENT_EPOCHS=12 SUBSET=(data.train_subset=20000)
+    TEACHER=resnet32x4 STUDENT=resnet8x4 COMPILE=true
+fi
+
+left() { echo $((BUDGET - (SECONDS - start))); }
+
+# stage NAME MAX_SECONDS COMMAND...: run with a timeout of min(MAX, what is left), log to $OUT_DIR
+stage() {
+    local name=$1 max=$2
+    shift 2
+    local remain limit t0 rc
+    remain=$(($(left) - 5))
+    limit=$((max < remain ? max : remain))
+    if ((limit < 30)); then
+        echo "## stage $name: skipped, ${remain}s of the budget left"
+        return
+    fi
+    echo
+    echo "## stage $name (up to ${limit}s; $(left)s of the budget left)"
+    t0=$SECONDS
+    timeout --signal=INT --kill-after=15 "$limit" "$@" 2>&1 | tee "$OUT_DIR/$name.log"
+    rc=${PIPESTATUS[0]}
+    echo "## stage $name: exit $rc after $((SECONDS - t0))s"
+}
+
+environment() {
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
+    echo "cpus: $(nproc)"
+    $PYTHON - <<'PY'
+import glob, importlib.metadata as md, os, sys, zipfile
+# a wheel is a zip of importable folders: unpacking it onto PYTHONPATH needs no pip, no index
+missing = []
+for wheel in sorted(glob.glob(".data/wheels/*.whl")):
+    dist = os.path.basename(wheel).split("-")[0].replace("_", "-")
+    try:
+        md.version(dist)
+    except md.PackageNotFoundError:
+        missing.append(wheel)
+        zipfile.ZipFile(wheel).extractall(".data/pylib")
+print("unpacked to .data/pylib:", ", ".join(os.path.basename(w) for w in missing) or "nothing")
+import torch
+print(f"python {sys.version.split()[0]}, torch {torch.__version__}, cuda {torch.version.cuda}")
+if torch.cuda.is_available():
+    print(f"device {torch.cuda.get_device_name(0)}, bf16 {torch.cuda.is_bf16_supported()}")
+else:
+    print("no CUDA device: the stages below run on the CPU")
+try:
+    import triton
+    print(f"triton {triton.__version__}")
+except ImportError:
+    print("triton missing: torch.compile cannot build GPU kernels (the fallback will warn)")
+import mimkd
+print(f"mimkd {mimkd.__version__} from {os.path.dirname(mimkd.__file__)}")
+PY
+}
+
+fashion() {
+    local teacher="$WORK/fashion_teacher" student="$WORK/fashion_mimkd"
+    rm -rf "$teacher" "$student"
+    local data=(data.name=fashion_mnist data.image_size=32 data.channels=3 data.augment=crop_flip
+        data.batch_size=64 data.download=false progress=false log_every=100)
+    local teacher_subset=()
+    [[ "$DEVICE" == cpu ]] && teacher_subset=("${SUBSET[@]}")
+    $PYTHON -m mimkd train model=$TEACHER "${data[@]}" "${teacher_subset[@]}" \
+        epochs=$TEACHER_EPOCHS optim.lr=0.05 optim.schedule=cosine compile=false \
+        device=$DEVICE run_dir="$teacher" || return 1
+    $PYTHON -m mimkd distill method=mimkd model=$STUDENT "teacher=$teacher/best.pt" "${data[@]}" \
+        "${SUBSET[@]}" epochs=$STUDENT_EPOCHS optim.lr=0.05 compile=$COMPILE device=$DEVICE \
+        run_dir="$student" || return 1
+    cp "$teacher/results.json" "$OUT_DIR/fashion_teacher_results.json"
+    cp "$student/results.json" "$OUT_DIR/fashion_mimkd_results.json"
+    cp "$student/metrics.jsonl" "$OUT_DIR/fashion_mimkd_metrics.jsonl"
+    $PYTHON - "$student" <<'PY'
+import json, statistics, sys
+run = sys.argv[1]
+results = json.load(open(f"{run}/results.json"))
+records = [json.loads(line) for line in open(f"{run}/metrics.jsonl")]
+# the first interval holds the compile; the rest are steady-state training
+speeds = [r["images_per_second"] for r in records if r["kind"] == "interval"]
+epochs = [r for r in records if r["kind"] == "epoch"]
+speed = statistics.median(speeds[1:] or speeds)
+steady_epoch = statistics.median(r["epoch_seconds"] for r in (epochs[1:] or epochs))
+steps_per_epoch = epochs[0]["step"]
+protocol_steps = 240 * 782
+print(f"teacher -> MIMKD student on Fashion-MNIST 3x32x32 ({steps_per_epoch} steps/epoch, {len(epochs)} epochs):")
+print(f"  teacher top-1 {results['teacher_accuracy']:.4f}; student best {results['best_accuracy']:.4f}"
+      f" (epoch {results['best_epoch']}), last {results['last_accuracy']:.4f}")
+print(f"  wall {results['wall_seconds']:.1f}s incl. compile; steady {speed:,.0f} img/s in training,"
+      f" {steady_epoch:.2f}s per epoch of {steps_per_epoch} steps incl. evaluation")
+print(f"  projected CIFAR-100 protocol (240 x 782 steps at batch 64): training steps alone"
+      f" {protocol_steps * 64 / speed / 60:.1f} min; with this run's per-step epoch cost"
+      f" {protocol_steps * steady_epoch / steps_per_epoch / 60:.1f} min")
+PY
+}
+
+# a stage that is a shell function runs as `bash gpu_check.sh --stage NAME`, so timeout can kill it
+if [[ "${1:-}" == "--stage" ]]; then
+    "$2"
+    exit $?
+fi
+
+echo "# mimkd GPU check: $(date -u +%FT%TZ), budget ${BUDGET}s, output in $OUT_DIR"
+stage environment 90 bash "$SCRIPT" --stage environment
+stage throughput 300 $PYTHON benchmarks/throughput.py --device $DEVICE --steps 400 --warmup 40 \
+    "${STEPS[@]}" --pack $PACK --json "$OUT_DIR/throughput.json"
+stage fashion 200 bash "$SCRIPT" --stage fashion
+stage cuda_graphs 120 $PYTHON benchmarks/throughput.py --device $DEVICE --steps 400 --warmup 60 \
+    "${STEPS[@]}" --methods mimkd --skip-reference --compile-mode reduce-overhead \
+    --json "$OUT_DIR/throughput_cuda_graphs.json"
+stage overhead 120 $PYTHON benchmarks/overhead.py --device $DEVICE --steps 300 --warmup 40 \
+    "${STEPS[@]:0:4}" --repeats 2 --json "$OUT_DIR/overhead.json"
+echo
+echo "# done in $((SECONDS - start))s of ${BUDGET}s"
