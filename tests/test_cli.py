@@ -209,3 +209,11 @@ def test_real_process_exit_code_and_single_line(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+
+
+def test_pack_runs_seeds_side_by_side(capsys, idx_folder, tmp_path):
+    argv = ["pack", "--seeds", "0,1", "--methods", "ce", "model=cnn_tiny", *_data(idx_folder)]
+    assert main([*argv, f"out_dir={tmp_path}"]) == 0
+    output = capsys.readouterr().out
+    assert "| ce | 2 |" in output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ce_cnn_tiny_seed0", "ce_cnn_tiny_seed1"]

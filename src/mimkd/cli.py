@@ -87,6 +87,19 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
             "overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.05 epochs=3"
         )
 
+    pk = sub.add_parser(
+        "pack",
+        help="seeds x methods at once, one process per run on one device",
+        formatter_class=raw,
+    )
+    pk.add_argument("--config", help="YAML config file shared by every run")
+    pk.add_argument("--seeds", default="0,1,2", help="comma-separated seeds [0,1,2]")
+    pk.add_argument("--methods", default=None, help="comma-separated methods [the config's method]")
+    pk.add_argument("--parallel", type=int, default=None, help="runs at a time [all]")
+    pk.add_argument(
+        "overrides", nargs="*", help="key=value overrides; `kd.temperature=2` goes to kd runs only"
+    )
+
     ev = sub.add_parser("eval", help="evaluate a checkpoint on a dataset", formatter_class=raw)
     ev.add_argument("checkpoint", help="a mimkd checkpoint (.pt)")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
@@ -179,6 +192,39 @@ def _print_results(results: dict) -> int:
         f"{results['method']}: best {results['best_accuracy']:.4f} (epoch {results['best_epoch']}), "
         f"last {results['last_accuracy']:.4f}, {results['wall_seconds']:.1f} s -> {results['run_dir']}/report.md"
     )
+    return 0
+
+
+def _mean_spread(values: list[float]) -> str:
+    import statistics
+
+    spread = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
+    return f"{statistics.mean(values):.4f}{spread}"
+
+
+@command("pack")
+def _pack(args) -> int:
+    import statistics
+
+    from mimkd.engine.pack import packed_jobs, run_packed
+
+    seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
+    methods = args.methods.split(",") if args.methods else None
+    results = run_packed(
+        packed_jobs(args.config, list(args.overrides), seeds=seeds, methods=methods),
+        max_parallel=args.parallel,
+    )
+    by_method: dict[str, list[dict]] = {}
+    for result in results:
+        by_method.setdefault(result["method"], []).append(result)
+    print("| method | seeds | best top-1 | last top-1 | wall s / run |\n|---|---|---|---|---|")
+    for method, runs in by_method.items():
+        best = [r["best_accuracy"] for r in runs]
+        last = [r["last_accuracy"] for r in runs]
+        print(
+            f"| {method} | {len(runs)} | {_mean_spread(best)} | {_mean_spread(last)} | "
+            f"{statistics.mean(r['wall_seconds'] for r in runs):.0f} |"
+        )
     return 0
 
 
