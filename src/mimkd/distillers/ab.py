@@ -34,13 +34,11 @@ import warnings
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mimkd.distillers import register_distiller
 from mimkd.distillers.adapters import ConvRegressor, pair_taps
 from mimkd.distillers.base import Distiller, StepOutput, check_logits_match
-from mimkd.distillers.losses import kd_loss
 
 # Heo et al.'s (and RepDistiller's) fixed scale on the per-sample boundary loss
 AB_LOSS_SCALE = 3 / 1000
@@ -141,9 +139,7 @@ class ActivationBoundaries(Distiller):
             return StepOutput(
                 logits, {"ab_init": cfg.init_weight * loss}, {"ab_loss": loss.detach()}
             )
-        losses = {"ce": cfg.ce_weight * F.cross_entropy(logits, labels)}
-        if cfg.kd_weight:
-            losses["kd"] = cfg.kd_weight * kd_loss(logits, teacher_logits, cfg.temperature)
+        losses = self.label_and_kd_terms(logits, teacher_logits, labels)
         if not cfg.distill_weight:
             return StepOutput(logits, losses)
         loss = self.boundary_loss(student_features, teacher_features)

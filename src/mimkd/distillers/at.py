@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from mimkd.distillers import register_distiller
 from mimkd.distillers.adapters import pair_taps, pool_to_common_size
 from mimkd.distillers.base import Distiller, StepOutput, check_logits_match
-from mimkd.distillers.losses import kd_loss
 from mimkd.errors import ShapeError
 from mimkd.features import as_locations
 
@@ -89,8 +88,7 @@ class AttentionTransfer(Distiller):
             _check_pair(student_shapes[s], teacher_shapes[t], (s, t))
         if config.kd_weight > 0:
             check_logits_match(student_shapes["logits"], teacher_shapes["logits"])
-        self.tap_student(s for s, _ in self.pairs)
-        self.tap_teacher(t for _, t in self.pairs)
+        self.tap_pairs(self.pairs)
 
     def forward_train(self, images, labels, indices=None) -> StepOutput:
         cfg = self.config
@@ -100,8 +98,6 @@ class AttentionTransfer(Distiller):
             attention_transfer_loss(student_features[s], teacher_features[t], cfg.p)
             for s, t in self.pairs
         )
-        losses = {"ce": cfg.ce_weight * F.cross_entropy(logits, labels)}
-        if cfg.kd_weight > 0:
-            losses["kd"] = cfg.kd_weight * kd_loss(logits, teacher_logits, cfg.temperature)
+        losses = self.label_and_kd_terms(logits, teacher_logits, labels)
         losses["at"] = cfg.distill_weight * at
         return StepOutput(logits, losses, {"at_loss": at.detach()})

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from mimkd.distillers.losses import kd_loss
 from mimkd.errors import MimkdError, ShapeError
 from mimkd.features import FeatureExtractor, TapSet, discover_taps, probe_shapes
 
@@ -180,6 +182,24 @@ class Distiller(nn.Module, metaclass=abc.ABCMeta):
         if self._teacher_extractor is None:
             return self.teacher(images), {}
         return self._teacher_extractor(images)
+
+    def tap_pairs(self, pairs: list[tuple[str, str]]) -> None:
+        """Tap both sides of (student path, teacher path) pairs."""
+        self.tap_student(s for s, _ in pairs)
+        self.tap_teacher(t for _, t in pairs)
+
+    def check_teacher_logits(self) -> None:
+        check_logits_match(
+            self.probe(self.student, [])["logits"], self.probe(self.teacher, [])["logits"]
+        )
+
+    def label_and_kd_terms(self, logits, teacher_logits, labels) -> dict[str, torch.Tensor]:
+        """gamma * CE, plus alpha * KD when the method's `kd_weight` is positive (RepDistiller's -r/-a)."""
+        config = self.config
+        losses = {"ce": config.ce_weight * F.cross_entropy(logits, labels)}
+        if config.kd_weight > 0:
+            losses["kd"] = config.kd_weight * kd_loss(logits, teacher_logits, config.temperature)
+        return losses
 
     def probe(self, model: nn.Module, paths: Iterable[str]) -> dict[str, torch.Size]:
         return probe_shapes(model, paths, self.context.sample_input)

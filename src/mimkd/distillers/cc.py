@@ -16,13 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mimkd.distillers import register_distiller
 from mimkd.distillers.adapters import LinearEmbed, flat_size, pair_taps
 from mimkd.distillers.base import Distiller, StepOutput, check_logits_match
-from mimkd.distillers.losses import kd_loss
 from mimkd.features import flatten_vector
 
 
@@ -78,8 +76,7 @@ class CorrelationCongruence(Distiller):
             LinearEmbed(flat_size(teacher_shapes[t]), config.embed_dim, normalize=False)
             for _, t in self.pairs
         )
-        self.tap_student(s for s, _ in self.pairs)
-        self.tap_teacher(t for _, t in self.pairs)
+        self.tap_pairs(self.pairs)
 
     def forward_train(self, images, labels, indices=None) -> StepOutput:
         cfg = self.config
@@ -94,8 +91,6 @@ class CorrelationCongruence(Distiller):
                 self.student_embeds, self.teacher_embeds, self.pairs
             )
         )
-        losses = {"ce": cfg.ce_weight * F.cross_entropy(logits, labels)}
-        if cfg.kd_weight > 0:
-            losses["kd"] = cfg.kd_weight * kd_loss(logits, teacher_logits, cfg.temperature)
+        losses = self.label_and_kd_terms(logits, teacher_logits, labels)
         losses["cc"] = cfg.distill_weight * cc
         return StepOutput(logits, losses, {"cc_loss": cc.detach()})

@@ -53,7 +53,6 @@ from torch import nn
 from mimkd.distillers import register_distiller
 from mimkd.distillers.adapters import LinearEmbed, flat_size
 from mimkd.distillers.base import Distiller, StepOutput, check_logits_match
-from mimkd.distillers.losses import kd_loss
 from mimkd.errors import ConfigError, MimkdError, did_you_mean
 
 # RepDistiller's eps in ContrastLoss's denominators
@@ -325,8 +324,6 @@ class ContrastiveRepresentationDistillation(Distiller):
             self.embed_teacher(teacher_features[self.teacher_layer]),
             indices,
         )
-        losses = {"ce": cfg.ce_weight * F.cross_entropy(logits, labels)}
-        if cfg.kd_weight:
-            losses["kd"] = cfg.kd_weight * kd_loss(logits, teacher_logits, cfg.temperature)
+        losses = self.label_and_kd_terms(logits, teacher_logits, labels)
         losses["crd"] = cfg.distill_weight * contrast
         return StepOutput(logits, losses, {"crd_nce": contrast.detach()})

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from mimkd.distillers import register_distiller
-from mimkd.distillers.base import Distiller, StepOutput, check_logits_match
+from mimkd.distillers.base import Distiller, StepOutput
 
 
 @dataclass
@@ -90,7 +90,7 @@ class DecoupledKD(Distiller):
 
     def __init__(self, student, teacher, config, context):
         super().__init__(student, teacher, config, context)
-        check_logits_match(self.probe(student, [])["logits"], self.probe(teacher, [])["logits"])
+        self.check_teacher_logits()
 
     def forward_train(self, images, labels, indices=None) -> StepOutput:
         cfg = self.config

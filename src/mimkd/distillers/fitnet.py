@@ -24,7 +24,6 @@ from torch import nn
 from mimkd.distillers import register_distiller
 from mimkd.distillers.adapters import make_regressor, pair_taps
 from mimkd.distillers.base import Distiller, StepOutput, check_logits_match
-from mimkd.distillers.losses import kd_loss
 from mimkd.errors import ConfigError
 
 
@@ -83,8 +82,7 @@ class FitNet(Distiller):
         self.regressors = nn.ModuleList(
             make_regressor(student_shapes[s], teacher_shapes[t]) for s, t in self.pairs
         )
-        self.tap_student(s for s, _ in self.pairs)
-        self.tap_teacher(t for _, t in self.pairs)
+        self.tap_pairs(self.pairs)
 
     def forward_train(self, images, labels, indices=None) -> StepOutput:
         cfg = self.config
@@ -94,8 +92,6 @@ class FitNet(Distiller):
             hint_loss(regressor(student_features[s]), teacher_features[t])
             for regressor, (s, t) in zip(self.regressors, self.pairs)
         )
-        losses = {"ce": cfg.ce_weight * F.cross_entropy(logits, labels)}
-        if cfg.kd_weight > 0:
-            losses["kd"] = cfg.kd_weight * kd_loss(logits, teacher_logits, cfg.temperature)
+        losses = self.label_and_kd_terms(logits, teacher_logits, labels)
         losses["fitnet"] = cfg.distill_weight * hint
         return StepOutput(logits, losses, {"hint_mse": hint.detach()})

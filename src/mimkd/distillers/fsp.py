@@ -32,12 +32,10 @@ import warnings
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from mimkd.distillers import register_distiller
 from mimkd.distillers.adapters import pair_taps, pool_to_common_size
 from mimkd.distillers.base import Distiller, StepOutput, check_logits_match
-from mimkd.distillers.losses import kd_loss
 from mimkd.errors import ShapeError
 
 
@@ -154,9 +152,7 @@ class FlowOfSolution(Distiller):
             return StepOutput(
                 logits, {"fsp_init": cfg.init_weight * loss}, {"fsp_loss": loss.detach()}
             )
-        losses = {"ce": cfg.ce_weight * F.cross_entropy(logits, labels)}
-        if cfg.kd_weight:
-            losses["kd"] = cfg.kd_weight * kd_loss(logits, teacher_logits, cfg.temperature)
+        losses = self.label_and_kd_terms(logits, teacher_logits, labels)
         if not cfg.distill_weight:
             return StepOutput(logits, losses)
         loss = self._flow_loss(student_features, teacher_features)

@@ -39,7 +39,6 @@ from torch import nn
 from mimkd.distillers import register_distiller
 from mimkd.distillers.adapters import pool_to_common_size
 from mimkd.distillers.base import Distiller, StepOutput, check_logits_match
-from mimkd.distillers.losses import kd_loss
 from mimkd.errors import ShapeError
 
 
@@ -197,8 +196,6 @@ class FactorTransfer(Distiller):
             teacher_factor = self.paraphraser.encoder(teacher_map)
         student_factor = self.translator(student_features[self.student_layer])
         loss = factor_transfer_loss(student_factor, teacher_factor, cfg.collapse_channels)
-        losses = {"ce": cfg.ce_weight * F.cross_entropy(logits, labels)}
-        if cfg.kd_weight:
-            losses["kd"] = cfg.kd_weight * kd_loss(logits, teacher_logits, cfg.temperature)
+        losses = self.label_and_kd_terms(logits, teacher_logits, labels)
         losses["ft"] = cfg.distill_weight * loss
         return StepOutput(logits, losses, {"ft_loss": loss.detach()})

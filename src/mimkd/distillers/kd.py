@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 
 from mimkd.distillers import register_distiller
-from mimkd.distillers.base import Distiller, StepOutput, check_logits_match
+from mimkd.distillers.base import Distiller, StepOutput
 from mimkd.distillers.losses import kd_loss
 
 
@@ -30,7 +30,7 @@ class KnowledgeDistillation(Distiller):
 
     def __init__(self, student, teacher, config, context):
         super().__init__(student, teacher, config, context)
-        check_logits_match(self.probe(student, [])["logits"], self.probe(teacher, [])["logits"])
+        self.check_teacher_logits()
 
     def forward_train(self, images, labels, indices=None) -> StepOutput:
         teacher_logits, _ = self.teacher_forward(images)

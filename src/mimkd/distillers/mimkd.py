@@ -35,8 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mimkd.distillers import register_distiller
-from mimkd.distillers.base import Distiller, StepOutput, check_logits_match
-from mimkd.distillers.losses import kd_loss
+from mimkd.distillers.base import Distiller, StepOutput
 from mimkd.errors import ConfigError, ShapeError
 from mimkd.features import TapSet, as_locations
 from mimkd.mi import bounds
@@ -158,7 +157,7 @@ class MIMKD(Distiller):
         super().__init__(student, teacher, config, context)
         cfg: MIMKDConfig = config
         if cfg.kd_weight > 0:
-            check_logits_match(self.probe(student, [])["logits"], self.probe(teacher, [])["logits"])
+            self.check_teacher_logits()
         student_global = cfg.student_global or self.student_taps.penultimate
         teacher_global = cfg.teacher_global or self.teacher_taps.penultimate
         self.global_terms: list[_Term] = []
@@ -221,9 +220,7 @@ class MIMKD(Distiller):
         cfg: MIMKDConfig = self.config
         teacher_logits, teacher_features = self.teacher_forward(images)
         logits, student_features = self.student_forward(images)
-        losses = {"ce": cfg.ce_weight * F.cross_entropy(logits, labels)}
-        if cfg.kd_weight > 0:
-            losses["kd"] = cfg.kd_weight * kd_loss(logits, teacher_logits, cfg.temperature)
+        losses = self.label_and_kd_terms(logits, teacher_logits, labels)
         metrics: dict[str, torch.Tensor] = {}
         negatives = self._draw_negatives(labels)
         for group, terms, weight in (

@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from mimkd.distillers import register_distiller
 from mimkd.distillers.adapters import pair_taps, pool_to_common_size
 from mimkd.distillers.base import Distiller, StepOutput, check_logits_match
-from mimkd.distillers.losses import kd_loss
 from mimkd.errors import ShapeError
 
 
@@ -101,8 +100,6 @@ class NeuronSelectivityTransfer(Distiller):
         distance = sum(
             nst_loss(student_features[s], teacher_features[t]) for s, t in self.layer_pairs
         )
-        losses = {"ce": cfg.ce_weight * F.cross_entropy(logits, labels)}
-        if cfg.kd_weight:
-            losses["kd"] = cfg.kd_weight * kd_loss(logits, teacher_logits, cfg.temperature)
+        losses = self.label_and_kd_terms(logits, teacher_logits, labels)
         losses["nst"] = cfg.distill_weight * distance
         return StepOutput(logits, losses, {"nst_mmd": distance.detach()})

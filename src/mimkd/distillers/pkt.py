@@ -15,12 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from mimkd.distillers import register_distiller
 from mimkd.distillers.adapters import pair_taps
-from mimkd.distillers.base import Distiller, StepOutput, check_logits_match
-from mimkd.distillers.losses import kd_loss
+from mimkd.distillers.base import Distiller, StepOutput
 from mimkd.features import flatten_vector
 
 
@@ -68,9 +66,8 @@ class ProbabilisticKT(Distiller):
             [self.teacher_taps.penultimate],
         )
         if config.kd_weight > 0:
-            check_logits_match(self.probe(student, [])["logits"], self.probe(teacher, [])["logits"])
-        self.tap_student(s for s, _ in self.pairs)
-        self.tap_teacher(t for _, t in self.pairs)
+            self.check_teacher_logits()
+        self.tap_pairs(self.pairs)
 
     def forward_train(self, images, labels, indices=None) -> StepOutput:
         cfg = self.config
@@ -78,8 +75,6 @@ class ProbabilisticKT(Distiller):
         teacher_logits, teacher_features = self.teacher_forward(images)
         logits, student_features = self.student_forward(images)
         pkt = sum(pkt_loss(student_features[s], teacher_features[t]) for s, t in self.pairs)
-        losses = {"ce": cfg.ce_weight * F.cross_entropy(logits, labels)}
-        if cfg.kd_weight > 0:
-            losses["kd"] = cfg.kd_weight * kd_loss(logits, teacher_logits, cfg.temperature)
+        losses = self.label_and_kd_terms(logits, teacher_logits, labels)
         losses["pkt"] = cfg.distill_weight * pkt
         return StepOutput(logits, losses, {"pkt_loss": pkt.detach()})

@@ -23,7 +23,6 @@ from torch import nn
 from mimkd.distillers import register_distiller
 from mimkd.distillers.adapters import pair_taps, pool_to_common_size
 from mimkd.distillers.base import Distiller, StepOutput, check_logits_match
-from mimkd.distillers.losses import kd_loss
 from mimkd.errors import ShapeError
 
 
@@ -116,8 +115,7 @@ class VariationalInformationDistillation(Distiller):
             )
             for s, t in self.pairs
         )
-        self.tap_student(s for s, _ in self.pairs)
-        self.tap_teacher(t for _, t in self.pairs)
+        self.tap_pairs(self.pairs)
 
     def forward_train(self, images, labels, indices=None) -> StepOutput:
         cfg = self.config
@@ -127,8 +125,6 @@ class VariationalInformationDistillation(Distiller):
         for regressor, (s, t) in zip(self.regressors, self.pairs):
             student_map, teacher_map = pool_to_common_size(student_features[s], teacher_features[t])
             vid = vid + vid_loss(regressor(student_map), regressor.variance(), teacher_map)
-        losses = {"ce": cfg.ce_weight * F.cross_entropy(logits, labels)}
-        if cfg.kd_weight > 0:
-            losses["kd"] = cfg.kd_weight * kd_loss(logits, teacher_logits, cfg.temperature)
+        losses = self.label_and_kd_terms(logits, teacher_logits, labels)
         losses["vid"] = cfg.distill_weight * vid
         return StepOutput(logits, losses, {"vid_nll": vid.detach()})
