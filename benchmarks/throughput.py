@@ -49,7 +49,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=None, help="timed steps [cpu 10, cuda 400]")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps [cpu 2, cuda 40]")
-    parser.add_argument("--repeats", type=int, default=1, help="alternate the paths, take medians")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="windows per path, alternating; the best one counts"
+    )
     parser.add_argument("--workers", type=int, default=None, help="reference DataLoader workers")
     parser.add_argument("--data", default="synthetic", help="synthetic | fashion [synthetic]")
     parser.add_argument("--data-size", type=int, default=50_000, help="training images [50000]")
@@ -93,7 +95,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"# throughput: {args.teacher} -> {args.student}, batch {args.batch_size}, {data.name}")
     print(f"# {environment(device)}")
     print(f"# mimkd path: {flags.describe(device)}; reference: fp32, NCHW, {workers} workers")
-    print(f"# {warmup} warm-up + {steps} timed steps, {args.repeats} repeat(s)", flush=True)
+    print(
+        f"# {warmup} warm-up + {steps} timed steps per window, best of {args.repeats} window(s)",
+        flush=True,
+    )
 
     measured: dict[tuple[str, str], list[dict]] = {}
     for repeat in range(args.repeats):
@@ -116,6 +121,11 @@ def main(argv: list[str] | None = None) -> dict:
                     flush=True,
                 )
 
+    def best_rate(method: str, path: str) -> float | None:
+        """The fastest window: on a shared machine it is the one least disturbed by others."""
+        runs = measured.get((method, path))
+        return max(r["images_per_second"] for r in runs) if runs else None
+
     def median_rate(method: str, path: str) -> float | None:
         runs = measured.get((method, path))
         return statistics.median(r["images_per_second"] for r in runs) if runs else None
@@ -123,8 +133,8 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     summary: dict = {"device": environment(device), "flags": flags.describe(device), "methods": {}}
     for method in methods:
-        reference = median_rate(method, "reference")
-        fast = median_rate(method, "mimkd")
+        reference = best_rate(method, "reference")
+        fast = best_rate(method, "mimkd")
         ratio = fast / reference if reference else None
         projected_hours = PROTOCOL_STEPS * args.batch_size / fast / 3600
         rows.append(
@@ -140,6 +150,8 @@ def main(argv: list[str] | None = None) -> dict:
         summary["methods"][method] = {
             "reference_images_per_second": reference,
             "mimkd_images_per_second": fast,
+            "reference_median": median_rate(method, "reference"),
+            "mimkd_median": median_rate(method, "mimkd"),
             "speedup": ratio,
             "projected_240_epochs_hours": projected_hours,
         }
@@ -173,8 +185,8 @@ def main(argv: list[str] | None = None) -> dict:
                 **common,
             ),
         )
-        alone = median_rate(args.pack_method, "mimkd")
-        reference = median_rate(args.pack_method, "reference")
+        alone = best_rate(args.pack_method, "mimkd")
+        reference = best_rate(args.pack_method, "reference")
         per_run = packed["mean_per_run"]
         aggregate = packed["aggregate_images_per_second"]
         print()
@@ -255,7 +267,7 @@ def ablation(method, data, device, flags: FastFlags, common: dict, repeats: int)
             rates[name].append(result["images_per_second"])
     rows, first = [], None
     for name, _ in steps:
-        rate = statistics.median(rates[name])
+        rate = max(rates[name])  # the least disturbed window, as in the main table
         first = first or rate
         rows.append([name, f"{rate:,.1f}", f"{rate / first:.2f}x"])
     print()
