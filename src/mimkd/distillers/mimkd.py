@@ -117,7 +117,8 @@ def random_derangement(
     # argmax of a bool picks the first True (0 when none: masked by the fallback below)
     first = valid.to(torch.uint8).argmax()
     shifted = identity.roll(1)
-    chosen = torch.where(valid.any(), candidates[first], shifted)
+    # index_select keeps the index on the device: no host sync, no graph break under compile
+    chosen = torch.where(valid.any(), candidates.index_select(0, first.view(1)).squeeze(0), shifted)
     return chosen.to(device) if device is not None else chosen
 
 
