@@ -26,12 +26,13 @@ import torch
 from mimkd.config import load_config
 from mimkd.data import load_dataset, make_loader
 from mimkd.distillers import DISTILLERS, DistillerContext, create_distiller
-from mimkd.engine.checkpoint import seed_everything, sha256_of
+from mimkd.engine.checkpoint import seed_everything
 from mimkd.engine.run import run
 from mimkd.errors import MimkdError
 from mimkd.models import create_model
 from mimkd.models.loading import load_model
 from mimkd.quickstart import QuickstartSettings, teacher_checkpoint
+from mimkd.serialization import sha256_of
 
 PRESETS = {
     "mimkd-sweep": [

@@ -2,7 +2,7 @@
 
 For d independent pairs (x_k, y_k) with correlation rho, I(X; Y) = -(d/2) log(1 - rho^2); rho is
 chosen for each target MI. Each estimator trains a fresh critic on half the samples and reports
-its bound on the other half (`mimkd.mi.estimate_mi`). Prints a table of estimates, biases and
+its bound on the other half (`mimkd.estimate.estimate_mi`). Prints a table of estimates, biases and
 seconds. Expect: InfoNCE saturates at log(K + 1) (K negatives per held-out row), NWJ/DV/MINE
 get high-variance at high MI, SMILE trades a little bias for variance (Song & Ermon 2020).
 
@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from mimkd.mi.estimate import estimate_mi, estimator_names
+from mimkd.estimate.core import estimate_mi, estimator_names
 
 
 def correlated_gaussians(dims: int, mi_nats: float, n: int, seed: int):

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from mimkd.engine.checkpoint import load_checkpoint
 from mimkd.errors import CheckpointError, MimkdError
 from mimkd.models.loading import load_model
+from mimkd.serialization import load_checkpoint
 
 SUFFIX = {"onnx": ".onnx", "safetensors": ".safetensors", "pt2": ".pt2"}
 

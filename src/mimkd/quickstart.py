@@ -175,7 +175,7 @@ def run_quickstart(
 
 
 def _sha(path: Path) -> str:
-    from mimkd.engine.checkpoint import sha256_of
+    from mimkd.serialization import sha256_of
 
     return sha256_of(path)
 

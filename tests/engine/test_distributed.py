@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from mimkd.engine.checkpoint import load_checkpoint
+from mimkd.serialization import load_checkpoint
 
 
 def test_torchrun_two_processes(idx_folder, tmp_path):

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from mimkd.config import load_config
-from mimkd.engine.checkpoint import load_checkpoint
 from mimkd.engine.run import run
+from mimkd.serialization import load_checkpoint
 
 
 def _base(idx_folder, run_dir, method, teacher=None):

@@ -19,17 +19,12 @@ from tqdm.auto import tqdm
 
 from mimkd.config import RunConfig
 from mimkd.distillers.base import Distiller
-from mimkd.engine.checkpoint import (
-    FORMAT,
-    atomic_save,
-    capture_rng_state,
-    load_checkpoint,
-    restore_rng_state,
-)
+from mimkd.engine.checkpoint import capture_rng_state, restore_rng_state
 from mimkd.engine.distributed import DistributedContext
 from mimkd.engine.fast import CompiledOrEager, resolve_compile, resolve_precision, uses_cuda_graphs
 from mimkd.engine.optim import build_optimizer, build_scheduler
 from mimkd.errors import CheckpointError, TrainingDivergedError
+from mimkd.serialization import CHECKPOINT_FORMAT, atomic_save, load_checkpoint
 
 
 @dataclass
@@ -160,7 +155,7 @@ class Trainer:
             )
         }
         return {
-            "format": FORMAT,
+            "format": CHECKPOINT_FORMAT,
             "model": self.distiller.student.state_dict(),
             "distiller": distiller_state,
             "optimizer": self.optimizer.state_dict(),
@@ -186,7 +181,7 @@ class Trainer:
 
     def resume(self, path: str | Path) -> None:
         state = load_checkpoint(path, map_location=self.device)
-        if state.get("format") != FORMAT:
+        if state.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(
                 f"{path} is not a mimkd training checkpoint; resume from a run's last.pt."
             )

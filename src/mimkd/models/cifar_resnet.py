@@ -18,8 +18,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from mimkd.features import TapSet
-from mimkd.models import register_model
 from mimkd.models.layers import initialize, projection
+from mimkd.models.registry import register_model
 
 
 class BasicBlock(nn.Module):

@@ -9,6 +9,8 @@ import torch
 from torch import nn
 
 from mimkd.errors import CheckpointError, MimkdError
+from mimkd.models.registry import create_model
+from mimkd.serialization import CHECKPOINT_FORMAT, load_checkpoint, sha256_of
 
 
 @dataclass
@@ -40,8 +42,6 @@ def load_model(
     weights: str | None = None,
 ) -> LoadedModel:
     """Build a model and fill it from `path`; the result must predict `num_classes` classes."""
-    from mimkd.engine.checkpoint import load_checkpoint, sha256_of
-    from mimkd.models import create_model
 
     if path is None:
         if not model_name or not weights:
@@ -71,7 +71,7 @@ def load_model(
             ) from None
     else:
         record = load_checkpoint(file)
-        if isinstance(record, dict) and record.get("format", "").startswith("mimkd-checkpoint"):
+        if isinstance(record, dict) and record.get("format") == CHECKPOINT_FORMAT:
             model_name = model_name or record["model_name"]
             if record["model_name"] != model_name:
                 raise CheckpointError(

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from mimkd.features import TapSet
-from mimkd.models import register_model
 from mimkd.models.layers import conv_bn_layers, initialize
+from mimkd.models.registry import register_model
 
 # (expansion, output channels before the width multiplier, blocks, first stride); None = `expansion`
 INVERTED_RESIDUAL_GROUPS: tuple[tuple[int | None, int, int, int], ...] = (

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mimkd.models import register_model
 from mimkd.models.cifar_resnet import CifarResNet
 from mimkd.models.layers import projection
+from mimkd.models.registry import register_model
 
 
 class Bottleneck(nn.Module):

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mimkd.features import TapSet
-from mimkd.models import register_model
+from mimkd.models.registry import register_model
 
 STEM_CHANNELS = 24
 

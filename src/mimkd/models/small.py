@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from mimkd.features import TapSet
-from mimkd.models import register_model
+from mimkd.models.registry import register_model
 
 
 def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from mimkd.features import TapSet
-from mimkd.models import register_model
 from mimkd.models.layers import conv_bn_layers, initialize
+from mimkd.models.registry import register_model
 
 # convolution widths of the five blocks
 VGG_CONFIGS: dict[str, tuple[tuple[int, ...], ...]] = {

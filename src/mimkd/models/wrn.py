@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from mimkd.features import TapSet
-from mimkd.models import register_model
 from mimkd.models.layers import initialize
+from mimkd.models.registry import register_model
 
 
 class WideBlock(nn.Module):

@@ -1,4 +1,4 @@
-"""`mimkd mi estimate|layers`: MI in nats as a tool of its own (wired to `mimkd.mi.estimate`)."""
+"""`mimkd mi estimate|layers`: MI in nats as a tool of its own (wired to `mimkd.estimate.core`)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def main(args) -> int:
 
 
 def estimate_command(args) -> int:
-    from mimkd.mi.estimate import estimate_mi, load_pairs, write_estimate
+    from mimkd.estimate.core import estimate_mi, load_pairs, write_estimate
 
     x, y = load_pairs(args.data, args.x, args.y)
     result = estimate_mi(
@@ -52,10 +52,10 @@ def layers_command(args) -> int:
     import torch
 
     from mimkd.data import load_dataset, make_loader
-    from mimkd.engine.checkpoint import load_checkpoint
     from mimkd.errors import CheckpointError
-    from mimkd.mi.estimate import format_layer_table, layer_mi
+    from mimkd.estimate.core import format_layer_table, layer_mi
     from mimkd.models.loading import load_model
+    from mimkd.serialization import load_checkpoint
 
     student_record = load_checkpoint(args.student)
     if "config" not in student_record:
