@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# MIMKD_TEST_THREADS lets several test runs share a small machine without oversubscribing it
+torch.set_num_threads(
+    int(os.environ.get("MIMKD_TEST_THREADS", max(1, min(2, os.cpu_count() or 1))))
+)
 
 FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
