@@ -33,7 +33,7 @@ from mimkd.data import ImageTensors, load_dataset
 from mimkd.data.loader import DeviceLoader
 from mimkd.distillers import DistillerContext, create_distiller, method_config_class
 from mimkd.engine.fast import prepare_frozen_teacher, resolve_compile, resolve_precision
-from mimkd.engine.trainer import Trainer
+from mimkd.engine.trainer import RunParts, Trainer
 from mimkd.models import create_model
 
 CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
@@ -305,9 +305,8 @@ def mimkd_throughput(
         optim=OptimConfig(lr=0.05, momentum=0.9, weight_decay=5e-4),
     )
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(
-            distiller, timed, test_loader, config, run_dir, device=device, log_line=lambda _: None
-        )
+        parts = RunParts(config, distiller, timed, test_loader, Path(run_dir), device=device)
+        trainer = Trainer(parts, log_line=lambda _: None)
         # the closing evaluation is not timed: keep it eager so it costs no second compile
         trainer.eval_model = distiller.student
         result = trainer.fit()

@@ -180,7 +180,12 @@ def test_list_json_for_scripts(capsys):
     assert main(["list", "methods", "--json"]) == 0
     methods = json.loads(capsys.readouterr().out)
     kd = next(m for m in methods if m["name"] == "kd")
-    assert kd["parameters"] == {"temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9}
+    assert kd["parameters"] == {
+        "temperature": 4.0,
+        "ce_weight": 0.1,
+        "kd_weight": 0.9,
+        "label_smoothing": 0.0,
+    }
     assert "Hinton" in kd["paper"]
     assert main(["list", "datasets", "--json"]) == 0
     names = {d["name"] for d in json.loads(capsys.readouterr().out)}

@@ -1,7 +1,7 @@
 """mimkd: knowledge distillation for PyTorch, headlined by MIMKD.
 
 Public API: `distill`, `train` (runs), `create_model`/`list_models` (models), `load_dataset`
-(data), `create_distiller`/`list_distillers` (methods), `Trainer` (the loop itself),
+(data), `create_distiller`/`list_distillers` (methods), `build_run`/`Trainer` (the loop itself),
 `estimate_mi` (mutual information in nats).
 
 Names are imported on first use (PEP 562), so `import mimkd.models` loads the models and nothing
@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "MimkdError": "mimkd.errors",
     "Trainer": "mimkd.engine",
+    "build_run": "mimkd.engine",
     "create_distiller": "mimkd.distillers",
     "create_model": "mimkd.models",
     "distill": "mimkd.api",

@@ -16,90 +16,121 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from mimkd.errors import ConfigError, did_you_mean
+from mimkd.distillers import DISTILLERS, method_config_class
+from mimkd.errors import ConfigError, MimkdError, did_you_mean
+from mimkd.options import check, field_default, field_help, option
 
 
 @dataclass
 class DataConfig:
-    name: str = "fashion_mnist"  # dataset name: `mimkd list datasets`
-    root: str | None = None  # folder with the dataset files (default: $MIMKD_DATA, system paths)
-    download: bool = True  # download when the files are missing and the network allows
-    image_size: int = 0  # resize/pad images to this size (0: native; 32: CIFAR models on MNIST)
-    channels: int = 0  # 3 repeats grey images to RGB (0: native)
-    train_subset: int = 0  # use the first N training images, class-balanced (0: all)
-    test_subset: int = 0  # evaluate on the first N test images (0: all)
-    augment: str = "none"  # none | crop_flip (RandomCrop(size, 4) + horizontal flip, batched)
-    batch_size: int = 128  # training batch size (per process)
-    eval_batch_size: int = 1000  # evaluation batch size
-    num_workers: int = 2  # decoding workers for file-streamed datasets (imagefolder)
+    name: str = option("fashion_mnist", "dataset name: `mimkd list datasets`")
+    root: str | None = option(
+        None, "folder with the dataset files (default: $MIMKD_DATA, then system paths)"
+    )
+    download: bool = option(True, "download when the files are missing and the network allows")
+    image_size: int = option(
+        0, "resize/pad images to this size (0: native; 32: CIFAR models on MNIST)", minimum=0
+    )
+    channels: int = option(0, "3 repeats grey images to RGB (0: native)", minimum=0)
+    train_subset: int = option(
+        0, "use the first N training images, class-balanced (0: all)", minimum=0
+    )
+    test_subset: int = option(0, "evaluate on the first N test images (0: all)", minimum=0)
+    augment: str = option(
+        "none",
+        "none | crop_flip (RandomCrop(size, 4) + horizontal flip, batched)",
+        choices=("none", "crop_flip"),
+    )
+    batch_size: int = option(128, "training batch size (per process)", minimum=1)
+    eval_batch_size: int = option(1000, "evaluation batch size", minimum=1)
+    num_workers: int = option(
+        2, "decoding workers for file-streamed datasets (imagefolder)", minimum=0
+    )
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 0.05  # peak learning rate
-    momentum: float = 0.9  # SGD momentum
-    nesterov: bool = False  # Nesterov momentum
-    weight_decay: float = 5e-4  # L2 weight decay
-    schedule: str = "multistep"  # multistep | cosine | constant
-    milestones: list[float] = field(
-        default_factory=lambda: [0.625, 0.75, 0.875]
-    )  # epochs, or fractions of the run when < 1 (0.625 = 150/240)
-    lr_decay: float = 0.1  # multistep factor
-    warmup_epochs: float = 0.0  # linear warm-up from 0 (epochs, fractional allowed)
+    lr: float = option(0.05, "peak learning rate", greater_than=0)
+    momentum: float = option(0.9, "SGD momentum", minimum=0, maximum=1)
+    nesterov: bool = option(False, "Nesterov momentum")
+    weight_decay: float = option(5e-4, "L2 weight decay", minimum=0)
+    schedule: str = option(
+        "multistep", "learning-rate schedule", choices=("multistep", "cosine", "constant")
+    )
+    milestones: list[float] = option(
+        [0.625, 0.75, 0.875], "epochs, or fractions of the run when < 1 (0.625 = 150/240)"
+    )
+    lr_decay: float = option(0.1, "multistep factor", greater_than=0)
+    warmup_epochs: float = option(
+        0.0, "linear warm-up from 0 (epochs, fractional allowed)", minimum=0
+    )
 
 
 @dataclass
 class ModelConfig:
-    name: str = "cnn_tiny"  # model name: `mimkd list models`, tv:<name>, timm:<name>
-    weights: str | None = None  # tv:/timm: pretrained weights name (needs internet)
+    name: str = option("cnn_tiny", "model name: `mimkd list models`, tv:<name>, timm:<name>")
+    weights: str | None = option(None, "tv:/timm: pretrained weights name (needs internet)")
 
 
 @dataclass
 class TeacherConfig:
-    checkpoint: str | None = (
-        None  # teacher checkpoint: mimkd's .pt, a state_dict .pt/.pth/.safetensors
+    checkpoint: str | None = option(
+        None, "teacher checkpoint: mimkd's .pt, a state_dict .pt/.pth/.safetensors"
     )
-    model: str | None = None  # architecture for a plain state_dict (mimkd checkpoints record it)
-    weights: str | None = None  # tv:/timm: pretrained weights name when no checkpoint is given
+    model: str | None = option(
+        None, "architecture for a plain state_dict (mimkd checkpoints record it)"
+    )
+    weights: str | None = option(
+        None, "tv:/timm: pretrained weights name when no checkpoint is given"
+    )
 
 
 @dataclass
 class RunConfig:
     """Everything one `train` or `distill` run needs; saved with every checkpoint."""
 
-    method: str = "ce"  # distillation method: `mimkd list methods` (train uses ce)
+    method: str = option("ce", "distillation method: `mimkd list methods` (train uses ce)")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    epochs: int = 10  # training epochs
-    seed: int = 0  # seeds every RNG (python, numpy, torch, data order, augmentation)
-    device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 where native: CUDA, AVX512-BF16/AMX CPUs) | fp32 | bf16
-    channels_last: bool = True  # NHWC memory format (faster convolutions on CPU and GPU)
-    compile: bool | None = None  # torch.compile student+teacher+critics; null: on for CUDA only
-    compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs) | max-autotune | ...
-    fast_teacher: bool = True  # fold the frozen teacher's BatchNorms into its convolutions
-    deterministic: bool = False  # torch.use_deterministic_algorithms
-    log_every: int = 50  # steps between progress-bar refreshes (the only host syncs)
-    progress: bool = True  # show a progress bar
-    tensorboard: bool = False  # also write TensorBoard event files
-    out_dir: str = "runs"  # runs are written to out_dir/name/<timestamp>
-    name: str = ""  # run name (default: <method>_<model>)
-    run_dir: str = ""  # exact run folder (overrides out_dir/name/<timestamp>)
-    resume: bool = False  # continue the run in run_dir from its last.pt
-    max_steps: int = 0  # stop after this many steps in total (0: no limit; for smoke runs)
-
-
-VALID_CHOICES = {
-    "data.augment": ("none", "crop_flip"),
-    "optim.schedule": ("multistep", "cosine", "constant"),
-    "precision": ("auto", "fp32", "bf16"),
-    "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
-}
+    epochs: int = option(10, "training epochs", minimum=1)
+    seed: int = option(0, "seeds every RNG (python, numpy, torch, data order, augmentation)")
+    device: str = option("auto", "auto (cuda when present) | cpu | cuda | cuda:N")
+    precision: str = option(
+        "auto",
+        "auto: bf16 where native (CUDA, AVX512-BF16/AMX CPUs), else fp32",
+        choices=("auto", "fp32", "bf16"),
+    )
+    channels_last: bool = option(True, "NHWC memory format (faster convolutions on CPU and GPU)")
+    compile: bool | None = option(
+        None, "torch.compile the training step and evaluation; null: on for CUDA only"
+    )
+    compile_mode: str = option(
+        "default",
+        "torch.compile mode (reduce-overhead: CUDA graphs)",
+        choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+    )
+    compile_backend: str = option(
+        "inductor", "torch.compile backend (aot_eager: traced, no code generation; for checks)"
+    )
+    fast_teacher: bool = option(True, "fold the frozen teacher's BatchNorms into its convolutions")
+    deterministic: bool = option(False, "torch.use_deterministic_algorithms")
+    log_every: int = option(
+        50, "steps between progress-bar refreshes (the only host syncs)", minimum=1
+    )
+    progress: bool = option(True, "show a progress bar")
+    tensorboard: bool = option(False, "also write TensorBoard event files")
+    out_dir: str = option("runs", "runs are written to out_dir/name/<timestamp>")
+    name: str = option("", "run name (default: <method>_<model>)")
+    run_dir: str = option("", "exact run folder (overrides out_dir/name/<timestamp>)")
+    resume: bool = option(False, "continue the run in run_dir from its last.pt")
+    max_steps: int = option(
+        0, "stop after this many steps in total (0: no limit; for smoke runs)", minimum=0
+    )
 
 
 def _all_keys(node: Any, prefix: str = "") -> list[str]:
@@ -115,8 +146,6 @@ def _all_keys(node: Any, prefix: str = "") -> list[str]:
 def _schema(method: str | None) -> DictConfig:
     schema = OmegaConf.structured(RunConfig)
     if method:
-        from mimkd.distillers import method_config_class
-
         method_schema = OmegaConf.structured(method_config_class(method))
         OmegaConf.set_struct(schema, False)
         schema[method] = method_schema
@@ -191,8 +220,6 @@ def load_config(
     for _, layer in layers:
         if isinstance(layer.get("method"), str):
             method = layer["method"]
-    from mimkd.distillers import DISTILLERS
-
     DISTILLERS.get(method)  # unknown method: a clear error before anything else
     schema = _schema(method)
     merged = schema
@@ -201,10 +228,6 @@ def load_config(
             merged = OmegaConf.merge(merged, layer)
         except OmegaConfBaseException as error:
             raise _translate(error, schema, source) from None
-    for key, choices in VALID_CHOICES.items():
-        value = OmegaConf.select(merged, key)
-        if value not in choices:
-            raise ConfigError(f"bad value {value!r} for {key}: choose one of {', '.join(choices)}.")
     method_node = merged[method]
     OmegaConf.set_struct(merged, False)
     del merged[method]
@@ -212,7 +235,11 @@ def load_config(
         run = OmegaConf.to_object(merged)
         method_config = OmegaConf.to_object(method_node)
     except OmegaConfBaseException as error:
+        cause = error.__cause__ or error.__context__
+        if isinstance(cause, MimkdError):  # a method config's own check (__post_init__)
+            raise type(cause)(str(cause)) from None
         raise _translate(error, schema, "config") from None
+    check(run)
     return run, method_config
 
 
@@ -224,55 +251,18 @@ def config_to_dict(run: RunConfig, method_config: Any) -> dict:
 
 
 def describe_keys(method: str | None = None) -> list[tuple[str, Any, str]]:
-    """Every key with its default and meaning (the comment beside the field), for --help."""
-    import ast
-    import inspect
-    import io
-    import textwrap
-    import tokenize
-
+    """Every key with its default and meaning (the field's `option` metadata), for --help."""
     rows: list[tuple[str, Any, str]] = []
 
-    def comments_of(cls: type) -> dict[str, str]:
-        """The trailing comment of each field's statement (formatters may wrap it)."""
-        try:
-            source = textwrap.dedent(inspect.getsource(cls))
-        except (OSError, TypeError):
-            return {}
-        comments_by_line = {
-            token.start[0]: token.string.lstrip("#").strip()
-            for token in tokenize.generate_tokens(io.StringIO(source).readline)
-            if token.type == tokenize.COMMENT
-        }
-        comments = {}
-        for node in ast.parse(source).body[0].body:
-            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-                for line in range(node.lineno, node.end_lineno + 1):
-                    if line in comments_by_line:
-                        comments[node.target.id] = comments_by_line[line]
-                        break
-        return comments
-
     def walk(cls: type, prefix: str) -> None:
-        comments = comments_of(cls)
         for f in dataclasses.fields(cls):
-            if dataclasses.is_dataclass(f.type) or (
-                f.default_factory is not dataclasses.MISSING
-                and dataclasses.is_dataclass(f.default_factory())
-            ):
-                walk(type(f.default_factory()), f"{prefix}{f.name}.")
+            default = field_default(f)
+            if dataclasses.is_dataclass(default):
+                walk(type(default), f"{prefix}{f.name}.")
                 continue
-            if f.default is not dataclasses.MISSING:
-                default = f.default
-            elif f.default_factory is not dataclasses.MISSING:
-                default = f.default_factory()
-            else:
-                default = MISSING
-            rows.append((f"{prefix}{f.name}", default, comments.get(f.name, "")))
+            rows.append((f"{prefix}{f.name}", default, field_help(f)))
 
     walk(RunConfig, "")
     if method:
-        from mimkd.distillers import method_config_class
-
         walk(method_config_class(method), f"{method}.")
     return rows

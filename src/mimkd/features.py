@@ -9,6 +9,7 @@ under DDP (the hooks live on the wrapped module).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ from torch import nn
 from mimkd.errors import ShapeError, did_you_mean
 
 INPUT_SUFFIX = ":input"
+_GLOBAL_POOL_TYPES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 _POOLING_TYPES = (
     nn.AdaptiveAvgPool2d,
     nn.AdaptiveMaxPool2d,
@@ -41,10 +43,16 @@ class TapSet:
     stages: list[str] = field(default_factory=list)
 
 
-def _split(path: str) -> tuple[str, bool]:
+def split_tap(path: str) -> tuple[str, bool]:
+    """A tap path as (module path, reads the module's input)."""
     if path.endswith(INPUT_SUFFIX):
         return path[: -len(INPUT_SUFFIX)], True
     return path, False
+
+
+def input_tap(module_path: str) -> str:
+    """The tap path that reads what `module_path` receives (e.g. the classifier's input)."""
+    return f"{module_path}{INPUT_SUFFIX}"
 
 
 def resolve_module(model: nn.Module, module_path: str) -> nn.Module:
@@ -61,18 +69,19 @@ def resolve_module(model: nn.Module, module_path: str) -> nn.Module:
 class FeatureExtractor(nn.Module):
     """Wraps a model so that calling it returns `(logits, {path: tensor})`.
 
-    The wrapped model is a registered submodule, so `.to()`, `state_dict()` and `parameters()` see
-    it; `remove()` detaches the hooks and leaves the model as it was.
+    The model is held as a plain reference, not a submodule: its owner moves and saves it, and an
+    extractor adds nothing to anyone's `state_dict()` or `parameters()`. It is an `nn.Module` only
+    so that `torch.compile` accepts it. `remove()` detaches the hooks and leaves the model as it was.
     """
 
     def __init__(self, model: nn.Module, paths: Iterable[str]):
         super().__init__()
-        self.model = model
+        object.__setattr__(self, "model", model)  # not registered: see the class docstring
         self.paths = list(dict.fromkeys(paths))
         self._captured: dict[str, torch.Tensor] = {}
         self._handles = []
         for path in self.paths:
-            module_path, read_input = _split(path)
+            module_path, read_input = split_tap(path)
             module = resolve_module(model, module_path)
             if read_input:
                 handle = module.register_forward_pre_hook(self._make_input_hook(path))
@@ -125,6 +134,38 @@ def as_locations(tensor: torch.Tensor) -> torch.Tensor:
     raise ShapeError(
         f"expected a feature map [B, C, H, W] or tokens [B, N, C], got {tuple(tensor.shape)}"
     )
+
+
+def token_grid(model: nn.Module, num_tokens: int) -> tuple[int, tuple[int, int]]:
+    """(prefix tokens, (rows, columns)) of a token sequence of `num_tokens` a model produces.
+
+    timm's ViTs say both (`num_prefix_tokens`: class and register tokens; `patch_embed.grid_size`);
+    for other models the prefix is the smallest count (0-8) that leaves a square number of patch
+    tokens, which is how torchvision's and most ViTs lay them out (one class token, a square grid).
+    """
+    prefix = getattr(model, "num_prefix_tokens", None)
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    if isinstance(prefix, int) and grid is not None and prefix + grid[0] * grid[1] == num_tokens:
+        return prefix, (int(grid[0]), int(grid[1]))
+    candidates = [prefix] if isinstance(prefix, int) else range(9)
+    for count in candidates:
+        side = math.isqrt(max(num_tokens - count, 0))
+        if side > 0 and side * side == num_tokens - count:
+            return count, (side, side)
+    raise ShapeError(
+        f"cannot lay {num_tokens} tokens of {type(model).__name__} out on a grid (no square "
+        "number of patch tokens after 0-8 prefix tokens); tap a layer with a feature map."
+    )
+
+
+def tokens_to_map(tokens: torch.Tensor, prefix: int, grid: tuple[int, int]) -> torch.Tensor:
+    """Patch tokens [B, N, C] -> a feature map [B, C, rows, columns], prefix tokens dropped.
+
+    The class/register tokens summarise the image rather than a location, so a spatial method
+    reads the patch tokens only, in the row-major order patch embeddings use.
+    """
+    patches = tokens[:, prefix:, :]
+    return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
 
 
 @torch.no_grad()
@@ -196,10 +237,19 @@ def discover_taps(model: nn.Module, sample: torch.Tensor) -> TapSet:
             "name the taps explicitly (e.g. penultimate='head:input')."
         )
     classifier_name = calls[classifier_index][0]
-    penultimate = f"{classifier_name}{INPUT_SUFFIX}"
+    penultimate = input_tap(classifier_name)
 
+    # the global pool is the last adaptive pool to finish before the classifier with a 1x1 output
+    # (pools inside squeeze-excitation blocks finish earlier); maps after it are vectors in map
+    # form (ConvNeXt's head norm), so the last map is looked for before it
+    search_end = classifier_index
+    for index in range(classifier_index - 1, -1, -1):
+        _, module, output, _ = calls[index]
+        if isinstance(module, _GLOBAL_POOL_TYPES) and output.shape[-2:].numel() == 1:
+            search_end = index
+            break
     last_map = None
-    for name, module, output, _ in calls[:classifier_index]:
+    for name, module, output, _ in calls[:search_end]:
         if isinstance(module, _POOLING_TYPES):
             continue
         spatial = output.dim() == 4 or (output.dim() == 3 and output.shape[1] > 1)
@@ -210,10 +260,76 @@ def discover_taps(model: nn.Module, sample: torch.Tensor) -> TapSet:
             f"could not find a feature map or token sequence in {type(model).__name__}; "
             "name the local tap explicitly (e.g. last_map='layer4')."
         )
+    before_classifier = calls[:classifier_index]
+    stages = _feature_info_stages(model) or _top_level_stages(before_classifier)
+    if len(stages) < 2:
+        stages = _resolution_stages(before_classifier) or stages
+    return TapSet(last_map=last_map, penultimate=penultimate, stages=stages)
+
+
+def _feature_info_stages(model: nn.Module) -> list[str]:
+    """Stages from timm's `feature_info` (the modules its `features_only` mode returns).
+
+    The stem (reduction 2) is dropped, as RepDistiller's feat[1:-1] drops it; a ViT lists every
+    block at one reduction, so four evenly spaced blocks ending at the last stand for its stages.
+    """
+    info = getattr(model, "feature_info", None)
+    if not isinstance(info, list) or not all(isinstance(i, dict) for i in info):
+        return []
+    names = set(dict(model.named_modules()))
+    entries = [i for i in info if i.get("module") in names]
+    if len(entries) >= 3 and entries[0].get("reduction", 0) <= 2:
+        entries = entries[1:]
+    if len({i.get("reduction") for i in entries}) == 1 and len(entries) > 4:
+        count = len(entries)
+        entries = [entries[(count * (k + 1)) // 4 - 1] for k in range(4)]
+    return list(dict.fromkeys(i["module"] for i in entries))
+
+
+def _top_level_stages(calls) -> list[str]:
+    """Top-level blocks (children with children) that produce maps or tokens, in order."""
     stages = []
-    for name, module, output, _ in calls[:classifier_index]:
+    for name, module, output, _ in calls:
         is_block = any(True for _ in module.children())
         if "." in name or not is_block or output.dim() not in (3, 4):
             continue
         stages.append(name)
-    return TapSet(last_map=last_map, penultimate=penultimate, stages=list(dict.fromkeys(stages)))
+    return list(dict.fromkeys(stages))
+
+
+def _resolution_stages(calls) -> list[str]:
+    """Stages of a model whose top level is one container (torchvision's MobileNets and
+    EfficientNets keep every stage inside `features`): the last child at each resolution.
+
+    The container is the shallowest one whose children's maps span three or more resolutions; its children are
+    grouped by output H x W in order, and the last child of each group ends a stage. A lone stem
+    (the first group, one child) is dropped, as RepDistiller's feat[1:-1] drops it.
+    """
+    children: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
+    for name, module, output, _ in calls:
+        if output.dim() == 4 and not isinstance(module, _POOLING_TYPES):
+            parent = name.rpartition(".")[0]
+            children.setdefault(parent, []).append((name, tuple(output.shape[-2:])))
+
+    def groups_of(members: list[tuple[str, tuple[int, ...]]]) -> list[list[str]]:
+        groups: list[list[str]] = []
+        previous = None
+        for name, size in members:
+            if size == previous:
+                groups[-1].append(name)
+            else:
+                groups.append([name])
+            previous = size
+        return groups
+
+    if not children:
+        return []
+    # the shallowest container spanning three or more resolutions is the network's trunk; deeper
+    # ones can look like it when a block permutes its layout (ConvNeXt's channels-last blocks)
+    spans = {c: len(groups_of(members)) for c, members in children.items()}
+    trunks = [c for c in spans if spans[c] >= 3] or list(spans)
+    container = min(trunks, key=lambda c: (c.count(".") if c else -1, -spans[c]))
+    groups = groups_of(list(dict.fromkeys(children[container])))
+    if len(groups) >= 3 and len(groups[0]) == 1:
+        groups = groups[1:]
+    return [group[-1] for group in groups] if len(groups) >= 2 else []

@@ -19,7 +19,12 @@ nothing: the main stage is CE alone, i.e. `distill_weight = 0` here (raise it to
 How the stages map to RepDistiller: it runs the 30 init epochs before and outside its 240-epoch
 loop, with their own SGD optimizer; here they are the first `init_epochs` epochs of the run (the
 stage follows `on_epoch_start`), so a faithful reproduction trains `init_epochs + 240` epochs with
-the LR milestones shifted by `init_epochs`. No trainer or CLI knows about the stages.
+the LR milestones shifted by `init_epochs`. No trainer or CLI knows about the stages: the method
+says which epochs are its init stage (`stage()`), and the base class leaves the labels out there.
+
+Pairs: any two models with spatial stages (paired from the deepest); a connector (conv + BN)
+maps each student stage onto the teacher's channels and size; a ViT's blocks arrive as maps of
+its patch grid.
 
 Deviation: RepDistiller reads pre-ReLU stage outputs (`preact=True`); taps read what a module
 returns, which for the zoo's stages is post-ReLU. The teacher side loses nothing (t > 0 is the
@@ -30,43 +35,46 @@ answer with negative values.
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from mimkd.distillers import register_distiller
-from mimkd.distillers.adapters import ConvRegressor, pair_taps
-from mimkd.distillers.base import Distiller, StepOutput, check_logits_match
+from mimkd.distillers.adapters import ConvRegressor
+from mimkd.distillers.base import MAIN_STAGE, Distiller, PairedLayersConfig, Stage
+from mimkd.distillers.registry import register_distiller
+from mimkd.options import option
 
 # Heo et al.'s (and RepDistiller's) fixed scale on the per-sample boundary loss
 AB_LOSS_SCALE = 3 / 1000
 
 
 @dataclass
-class ABConfig:
-    ce_weight: float = 1.0  # main-stage cross-entropy weight (RepDistiller -r)
-    kd_weight: float = 0.0  # main-stage Hinton KD weight (RepDistiller -a); 0 leaves it out
-    temperature: float = 4.0  # KD temperature (RepDistiller --kd_T)
-    distill_weight: float = 0.0  # main-stage AB weight; 0: RepDistiller's main-stage AB term is 0
-    init_epochs: int = 30  # AB-only epochs at the start of the run (RepDistiller --init_epochs)
-    init_weight: float = 1.0  # AB loss weight in the init stage (RepDistiller: unweighted)
-    margin: float = 1.0  # activation-boundary margin m (Heo et al.; RepDistiller ABLoss)
-    student_layers: list[str] = field(default_factory=list)  # student taps; empty: stages
-    teacher_layers: list[str] = field(default_factory=list)  # teacher taps, paired in order
+class ABConfig(PairedLayersConfig):
+    distill_weight: float = option(
+        0.0, "main-stage AB weight; 0: RepDistiller's main-stage AB term is 0", minimum=0
+    )
+    init_epochs: int = option(
+        30, "AB-only epochs at the start of the run (RepDistiller --init_epochs)", minimum=0
+    )
+    init_weight: float = option(
+        1.0, "AB loss weight in the init stage (RepDistiller: unweighted)", minimum=0
+    )
+    margin: float = option(1.0, "activation-boundary margin m (Heo et al.; RepDistiller ABLoss)")
+
+
+INIT_STAGE = Stage("init", labels=False)
 
 
 def activation_boundary_loss(
     student_response: torch.Tensor, teacher_response: torch.Tensor, margin: float
 ) -> torch.Tensor:
     """Heo et al.'s alternative (squared-hinge) loss, summed and divided by the batch size."""
-    with torch.autocast(student_response.device.type, enabled=False):
-        source = student_response.float()
-        teacher_active = teacher_response > 0
-        push_up = (source - margin).pow(2) * (teacher_active & (source <= margin))
-        push_down = (source + margin).pow(2) * (~teacher_active & (source > -margin))
-        return (push_up + push_down).sum() / source.shape[0]
+    source = student_response
+    teacher_active = teacher_response > 0
+    push_up = (source - margin).pow(2) * (teacher_active & (source <= margin))
+    push_down = (source + margin).pow(2) * (~teacher_active & (source > -margin))
+    return (push_up + push_down).sum() / source.shape[0]
 
 
 @register_distiller(
@@ -80,42 +88,18 @@ class ActivationBoundaries(Distiller):
     Config = ABConfig
     ddp_find_unused_parameters = True  # the init stage trains only some modules
 
-    def __init__(self, student, teacher, config, context):
-        super().__init__(student, teacher, config, context)
-        self.layer_pairs = pair_taps(
-            config.student_layers,
-            config.teacher_layers,
-            self.student_taps.stages,
-            self.teacher_taps.stages,
+    def setup(self):
+        cfg = self.config
+        self.layer_pairs = self.tap_pairs(
+            cfg.student_layers, cfg.teacher_layers, "stages", maps=True
         )
-        student_shapes = self.probe(student, [s for s, _ in self.layer_pairs])
-        teacher_shapes = self.probe(teacher, [t for _, t in self.layer_pairs])
         self.connectors = nn.ModuleList(
-            ConvRegressor(student_shapes[s], teacher_shapes[t], use_relu=False)
+            ConvRegressor(self.student_shapes[s], self.teacher_shapes[t], use_relu=False)
             for s, t in self.layer_pairs
         )
-        if config.kd_weight:
-            check_logits_match(student_shapes["logits"], teacher_shapes["logits"])
-        if config.init_epochs >= context.total_epochs:
-            warnings.warn(
-                f"ab spends its first {config.init_epochs} epochs in the init stage but the run "
-                f"has {context.total_epochs}: the student never trains on the labels. Lower "
-                "ab.init_epochs or raise the number of epochs.",
-                stacklevel=2,
-            )
-        self.tap_student([s for s, _ in self.layer_pairs])
-        self.tap_teacher([t for _, t in self.layer_pairs])
 
-    @property
-    def in_init_stage(self) -> bool:
-        return self.epoch < self.config.init_epochs
-
-    def on_epoch_start(self, epoch: int) -> None:
-        super().on_epoch_start(epoch)
-        if not self.in_init_stage and not self.config.distill_weight:
-            # idle connectors: no stale gradient for weight decay or momentum to act on
-            for parameter in self.connectors.parameters():
-                parameter.grad = None
+    def stage(self, epoch):
+        return INIT_STAGE if epoch < self.config.init_epochs else MAIN_STAGE
 
     def boundary_loss(
         self, student_features: dict[str, torch.Tensor], teacher_features: dict[str, torch.Tensor]
@@ -129,19 +113,13 @@ class ActivationBoundaries(Distiller):
             )
         return total * AB_LOSS_SCALE
 
-    def forward_train(self, images, labels, indices=None) -> StepOutput:
+    def loss(self, step):
         cfg = self.config
-        teacher_logits, teacher_features = self.teacher_forward(images)
-        logits, student_features = self.student_forward(images)
-        if self.in_init_stage:
+        if step.stage == "init":
             # RepDistiller's init stage trains on the AB loss alone (no labels)
-            loss = self.boundary_loss(student_features, teacher_features)
-            return StepOutput(
-                logits, {"ab_init": cfg.init_weight * loss}, {"ab_loss": loss.detach()}
-            )
-        losses = self.label_and_kd_terms(logits, teacher_logits, labels)
+            loss = self.boundary_loss(step.student, step.teacher)
+            return {"ab_init": cfg.init_weight * loss}, {"ab_loss": loss}
         if not cfg.distill_weight:
-            return StepOutput(logits, losses)
-        loss = self.boundary_loss(student_features, teacher_features)
-        losses["ab"] = cfg.distill_weight * loss
-        return StepOutput(logits, losses, {"ab_loss": loss.detach()})
+            return {}
+        loss = self.boundary_loss(step.student, step.teacher)
+        return {"ab": cfg.distill_weight * loss}, {"ab_loss": loss}

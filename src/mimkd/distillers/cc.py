@@ -7,40 +7,38 @@ both penultimate vectors are projected by a trainable linear embedding to 128 di
 `Correlation` (code the CC authors sent to RepDistiller): with delta = |e_s - e_t|, the batch mean of
 sum_d delta[i] * delta[i+1] over consecutive samples; weight 0.02.
 
+Pairs: any two models (the embeddings map any widths and layouts, flattened, to 128-d).
+
 Deviation from the paper: this is RepDistiller's formulation (which produced the CC numbers every
 later table quotes), not the paper's Gaussian-RBF correlation matrix.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from mimkd.distillers import register_distiller
-from mimkd.distillers.adapters import LinearEmbed, flat_size, pair_taps
-from mimkd.distillers.base import Distiller, StepOutput, check_logits_match
+from mimkd.distillers.adapters import LinearEmbed, flat_size
+from mimkd.distillers.base import Distiller, PairedLayersConfig
+from mimkd.distillers.registry import register_distiller
 from mimkd.features import flatten_vector
+from mimkd.options import option
 
 
 @dataclass
-class CCConfig:
-    ce_weight: float = 1.0  # cross-entropy weight (RepDistiller -r)
-    kd_weight: float = 0.0  # Hinton KD weight (RepDistiller -a); 0 leaves the term out
-    temperature: float = 4.0  # KD temperature (RepDistiller --kd_T)
-    distill_weight: float = 0.02  # correlation loss weight (RepDistiller -b)
-    embed_dim: int = 128  # linear embedding size on both sides (RepDistiller --feat_dim)
-    student_layers: list[str] = field(default_factory=list)  # student taps; empty: penultimate
-    teacher_layers: list[str] = field(default_factory=list)  # teacher taps, paired in order
+class CCConfig(PairedLayersConfig):
+    distill_weight: float = option(0.02, "correlation loss weight (RepDistiller -b)", minimum=0)
+    embed_dim: int = option(
+        128, "linear embedding size on both sides (RepDistiller --feat_dim)", minimum=1
+    )
 
 
 def correlation_congruence_loss(
     student_embedding: torch.Tensor, teacher_embedding: torch.Tensor
 ) -> torch.Tensor:
-    delta = (
-        flatten_vector(student_embedding.float()) - flatten_vector(teacher_embedding.float())
-    ).abs()
+    delta = (flatten_vector(student_embedding) - flatten_vector(teacher_embedding)).abs()
     return (delta[:-1] * delta[1:]).sum(dim=1).mean()
 
 
@@ -55,42 +53,26 @@ class CorrelationCongruence(Distiller):
     Config = CCConfig
     min_batch_size = 2
 
-    def __init__(self, student, teacher, config, context):
-        super().__init__(student, teacher, config, context)
-        self.pairs = pair_taps(
-            config.student_layers,
-            config.teacher_layers,
-            [self.student_taps.penultimate],
-            [self.teacher_taps.penultimate],
-        )
-        student_shapes = self.probe(student, [s for s, _ in self.pairs])
-        teacher_shapes = self.probe(teacher, [t for _, t in self.pairs])
-        if config.kd_weight > 0:
-            check_logits_match(student_shapes["logits"], teacher_shapes["logits"])
+    def setup(self):
+        cfg = self.config
+        self.pairs = self.tap_pairs(cfg.student_layers, cfg.teacher_layers, "penultimate")
         self.student_embeds = nn.ModuleList(
-            LinearEmbed(flat_size(student_shapes[s]), config.embed_dim, normalize=False)
+            LinearEmbed(flat_size(self.student_shapes[s]), cfg.embed_dim, normalize=False)
             for s, _ in self.pairs
         )
         # trained too (RepDistiller's trainable_list holds embed_t); the teacher itself stays frozen
         self.teacher_embeds = nn.ModuleList(
-            LinearEmbed(flat_size(teacher_shapes[t]), config.embed_dim, normalize=False)
+            LinearEmbed(flat_size(self.teacher_shapes[t]), cfg.embed_dim, normalize=False)
             for _, t in self.pairs
         )
-        self.tap_pairs(self.pairs)
 
-    def forward_train(self, images, labels, indices=None) -> StepOutput:
-        cfg = self.config
-        self.check_batch(images)
-        teacher_logits, teacher_features = self.teacher_forward(images)
-        logits, student_features = self.student_forward(images)
+    def loss(self, step):
         cc = sum(
             correlation_congruence_loss(
-                student_embed(student_features[s]), teacher_embed(teacher_features[t])
+                student_embed(step.student[s]), teacher_embed(step.teacher[t])
             )
             for student_embed, teacher_embed, (s, t) in zip(
                 self.student_embeds, self.teacher_embeds, self.pairs
             )
         )
-        losses = self.label_and_kd_terms(logits, teacher_logits, labels)
-        losses["cc"] = cfg.distill_weight * cc
-        return StepOutput(logits, losses, {"cc_loss": cc.detach()})
+        return {"cc": self.config.distill_weight * cc}, {"cc_loss": cc}

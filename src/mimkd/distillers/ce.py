@@ -1,19 +1,19 @@
-"""Cross-entropy alone: the student trained without a teacher (the baseline every table needs)."""
+"""Cross-entropy alone: the student trained without a teacher (the baseline every table needs).
+
+Pairs: no teacher. The whole loss is the base class's label term (`ce_weight`, `label_smoothing`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
-
-from mimkd.distillers import register_distiller
-from mimkd.distillers.base import Distiller, StepOutput
+from mimkd.distillers.base import DistillConfig, Distiller
+from mimkd.distillers.registry import register_distiller
 
 
 @dataclass
-class CEConfig:
-    ce_weight: float = 1.0  # weight of cross-entropy on the labels
-    label_smoothing: float = 0.0  # label smoothing of the cross-entropy
+class CEConfig(DistillConfig):
+    pass
 
 
 @register_distiller("ce", paper="-", taps="logits")
@@ -23,7 +23,5 @@ class CrossEntropy(Distiller):
     Config = CEConfig
     needs_teacher = False
 
-    def forward_train(self, images, labels, indices=None) -> StepOutput:
-        logits = self.student(images)
-        ce = F.cross_entropy(logits, labels, label_smoothing=self.config.label_smoothing)
-        return StepOutput(logits, {"ce": self.config.ce_weight * ce})
+    def loss(self, step):
+        return {}  # the label term is the base class's

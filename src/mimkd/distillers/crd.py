@@ -36,8 +36,10 @@ whenever N * (dim + B) <= B * (K+1) * dim (CIFAR-100: 9.6M vs 134M floats), the 
 against the whole memory with one matmul instead ([B, N] scores plus a copy of the memory that
 backward reads, since the rows are updated in place within the step) and the K+1 columns are
 picked; otherwise it gathers as RepDistiller does. The step stays on the device (Z is set by
-`torch.where` on a buffer, no `.item()`), in fp32 under autocast (exp(1 / 0.07) ~ 1.6e6 overflows
-fp16).
+`torch.where` on a buffer, no `.item()`), in fp32 as every method's loss (exp(1 / 0.07) ~ 1.6e6
+overflows fp16).
+
+Pairs: any two models (the embeddings map any widths, flattened, to 128-d).
 """
 
 from __future__ import annotations
@@ -50,10 +52,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from mimkd.distillers import register_distiller
 from mimkd.distillers.adapters import LinearEmbed, flat_size
-from mimkd.distillers.base import Distiller, StepOutput, check_logits_match
-from mimkd.errors import ConfigError, MimkdError, did_you_mean
+from mimkd.distillers.base import DistillConfig, Distiller
+from mimkd.distillers.registry import register_distiller
+from mimkd.errors import ConfigError
+from mimkd.options import option
 
 # RepDistiller's eps in ContrastLoss's denominators
 NCE_EPS = 1e-7
@@ -61,19 +64,30 @@ MEMORY_KINDS = ("bank", "queue")
 
 
 @dataclass
-class CRDConfig:
-    ce_weight: float = 1.0  # cross-entropy weight (RepDistiller -r)
-    kd_weight: float = 0.0  # Hinton KD weight (RepDistiller -a; 1 is "CRD+KD"); 0 leaves it out
-    temperature: float = 4.0  # KD temperature (RepDistiller --kd_T)
-    distill_weight: float = 0.8  # CRD (NCE) loss weight (RepDistiller -b)
-    embed_dim: int = 128  # embedding size on both sides (RepDistiller --feat_dim)
-    num_negatives: int = 16384  # bank negatives per anchor, K (RepDistiller --nce_k)
-    nce_temperature: float = 0.07  # NCE temperature T (RepDistiller --nce_t)
-    memory_momentum: float = 0.5  # bank row momentum m (RepDistiller --nce_m)
-    memory: str = "bank"  # bank: a row per training sample (RepDistiller); queue: recent FIFO
-    queue_size: int = 16384  # queue length for memory=queue; all entries are negatives
-    student_layer: str = ""  # student tap; empty: its penultimate vector
-    teacher_layer: str = ""  # teacher tap; empty: its penultimate vector
+class CRDConfig(DistillConfig):
+    distill_weight: float = option(0.8, "CRD (NCE) loss weight (RepDistiller -b)", minimum=0)
+    embed_dim: int = option(
+        128, "embedding size on both sides (RepDistiller --feat_dim)", minimum=1
+    )
+    num_negatives: int = option(
+        16384, "bank negatives per anchor, K (RepDistiller --nce_k)", minimum=1
+    )
+    nce_temperature: float = option(
+        0.07, "NCE temperature T (RepDistiller --nce_t)", greater_than=0
+    )
+    memory_momentum: float = option(
+        0.5, "bank row momentum m (RepDistiller --nce_m)", minimum=0, maximum=1
+    )
+    memory: str = option(
+        "bank",
+        "bank: a row per training sample (RepDistiller); queue: recent FIFO",
+        choices=MEMORY_KINDS,
+    )
+    queue_size: int = option(
+        16384, "queue length for memory=queue; all entries are negatives", minimum=1
+    )
+    student_layer: str = option("", "student tap; empty: its penultimate vector")
+    teacher_layer: str = option("", "teacher tap; empty: its penultimate vector")
 
 
 def nce_loss(probabilities: torch.Tensor, memory_size: int) -> torch.Tensor:
@@ -258,42 +272,34 @@ class ContrastiveRepresentationDistillation(Distiller):
     needs_indices = True
     min_batch_size = 2
 
-    def __init__(self, student, teacher, config, context):
-        super().__init__(student, teacher, config, context)
-        if config.memory not in MEMORY_KINDS:
-            raise ConfigError(
-                f"crd.memory={config.memory!r} is not one of {MEMORY_KINDS}."
-                f"{did_you_mean(config.memory, MEMORY_KINDS)}"
-            )
-        if config.memory == "bank" and context.num_train_samples <= 0:
+    def setup(self):
+        cfg = self.config
+        # the queue keys on the current batch alone; only the bank reads dataset indices
+        self.needs_indices = cfg.memory == "bank"
+        if cfg.memory == "bank" and self.context.num_train_samples <= 0:
             raise ConfigError(
                 "crd's memory bank holds one row per training sample but the dataset size is "
                 "unknown (num_train_samples=0); use crd.memory=queue or pass the dataset size."
             )
-        self.student_layer = config.student_layer or self.student_taps.penultimate
-        self.teacher_layer = config.teacher_layer or self.teacher_taps.penultimate
-        student_shapes = self.probe(student, [self.student_layer])
-        teacher_shapes = self.probe(teacher, [self.teacher_layer])
+        self.student_layer = cfg.student_layer or self.student_taps.penultimate
+        self.teacher_layer = cfg.teacher_layer or self.teacher_taps.penultimate
+        self.tap([self.student_layer], [self.teacher_layer])
         self.embed_student = LinearEmbed(
-            flat_size(student_shapes[self.student_layer]), config.embed_dim
+            flat_size(self.student_shapes[self.student_layer]), cfg.embed_dim
         )
         self.embed_teacher = LinearEmbed(
-            flat_size(teacher_shapes[self.teacher_layer]), config.embed_dim
+            flat_size(self.teacher_shapes[self.teacher_layer]), cfg.embed_dim
         )
-        if config.memory == "bank":
+        if cfg.memory == "bank":
             self.memory: ContrastBank | ContrastQueue = ContrastBank(
-                context.num_train_samples,
-                config.embed_dim,
-                config.num_negatives,
-                config.nce_temperature,
-                config.memory_momentum,
+                self.context.num_train_samples,
+                cfg.embed_dim,
+                cfg.num_negatives,
+                cfg.nce_temperature,
+                cfg.memory_momentum,
             )
         else:
-            self.memory = ContrastQueue(config.queue_size, config.embed_dim, config.nce_temperature)
-        if config.kd_weight:
-            check_logits_match(student_shapes["logits"], teacher_shapes["logits"])
-        self.tap_student([self.student_layer])
-        self.tap_teacher([self.teacher_layer])
+            self.memory = ContrastQueue(cfg.queue_size, cfg.embed_dim, cfg.nce_temperature)
 
     def contrast_loss(
         self,
@@ -302,28 +308,17 @@ class ContrastiveRepresentationDistillation(Distiller):
         indices: torch.Tensor | None,
     ) -> torch.Tensor:
         """NCE loss of both anchors (student and teacher sides summed); updates the memory."""
-        with torch.autocast(student_embed.device.type, enabled=False):
-            student_probabilities, teacher_probabilities = self.memory(
-                student_embed.float(), teacher_embed.float(), indices
-            )
-            return nce_loss(student_probabilities, self.memory.size) + nce_loss(
-                teacher_probabilities, self.memory.size
-            )
-
-    def forward_train(self, images, labels, indices=None) -> StepOutput:
-        cfg = self.config
-        self.check_batch(images)
-        if indices is None and cfg.memory == "bank":
-            raise MimkdError(
-                "crd's memory bank needs the batch's dataset indices (forward_train(..., indices))."
-            )
-        teacher_logits, teacher_features = self.teacher_forward(images)
-        logits, student_features = self.student_forward(images)
-        contrast = self.contrast_loss(
-            self.embed_student(student_features[self.student_layer]),
-            self.embed_teacher(teacher_features[self.teacher_layer]),
-            indices,
+        student_probabilities, teacher_probabilities = self.memory(
+            student_embed, teacher_embed, indices
         )
-        losses = self.label_and_kd_terms(logits, teacher_logits, labels)
-        losses["crd"] = cfg.distill_weight * contrast
-        return StepOutput(logits, losses, {"crd_nce": contrast.detach()})
+        return nce_loss(student_probabilities, self.memory.size) + nce_loss(
+            teacher_probabilities, self.memory.size
+        )
+
+    def loss(self, step):
+        contrast = self.contrast_loss(
+            self.embed_student(step.student[self.student_layer]),
+            self.embed_teacher(step.teacher[self.teacher_layer]),
+            step.indices,
+        )
+        return {"crd": self.config.distill_weight * contrast}, {"crd_nce": contrast}

@@ -1,6 +1,7 @@
 """Decoupled KD: split the KD loss into target-class (TCKD) and non-target-class (NCKD) parts.
 
 Zhao et al., "Decoupled Knowledge Distillation", CVPR 2022 (arXiv 2203.08679).
+Pairs: any teacher and student predicting the same classes (logits only).
 Defaults are mdistiller's CIFAR-100 setting (`mdistiller/engine/cfg.py`, `DKD.*`): CE weight 1,
 alpha (TCKD weight) 1, beta (NCKD weight) 8, T 4, and a linear warm-up of the whole DKD term over 20
 epochs, min(epoch / 20, 1) (`mdistiller/distillers/DKD.py`). mdistiller overrides beta for a few
@@ -12,7 +13,8 @@ summed probabilities and masks the target with a -1000 logit offset; here both p
 log-sum-exp over gathered logits, the same values without log(0) risk.
 
 Epochs: mdistiller counts from 1, the trainer here from 0, so the ramp is min((epoch + 1) / 20, 1):
-1/20 in the first epoch, as in mdistiller.
+1/20 in the first epoch, as in mdistiller. The epoch arrives as a tensor (`step.epoch`), so a
+compiled step is not rebuilt every epoch. The temperature is the shared `temperature` (DKD.T, 4).
 """
 
 from __future__ import annotations
@@ -22,17 +24,22 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mimkd.distillers import register_distiller
-from mimkd.distillers.base import Distiller, StepOutput
+from mimkd.distillers.base import DistillConfig, Distiller
+from mimkd.distillers.registry import register_distiller
+from mimkd.options import option
 
 
 @dataclass
-class DKDConfig:
-    ce_weight: float = 1.0  # cross-entropy weight (mdistiller DKD.CE_WEIGHT)
-    tckd_weight: float = 1.0  # target-class KD weight, alpha in the paper (DKD.ALPHA)
-    nckd_weight: float = 8.0  # non-target-class KD weight, beta in the paper (DKD.BETA)
-    temperature: float = 4.0  # softmax temperature (DKD.T)
-    warmup_epochs: int = 20  # epochs of linear ramp of the DKD term (DKD.WARMUP); 0: none
+class DKDConfig(DistillConfig):
+    tckd_weight: float = option(
+        1.0, "target-class KD weight, alpha in the paper (mdistiller DKD.ALPHA)", minimum=0
+    )
+    nckd_weight: float = option(
+        8.0, "non-target-class KD weight, beta in the paper (DKD.BETA)", minimum=0
+    )
+    warmup_epochs: int = option(
+        20, "epochs of linear ramp of the DKD term (DKD.WARMUP); 0: none", minimum=0
+    )
 
 
 def _non_target_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -58,8 +65,8 @@ def dkd_parts(
     temperature: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(TCKD, NCKD), each T^2 * KL(teacher || student) averaged over the batch."""
-    student_scaled = student_logits.float() / temperature
-    teacher_scaled = teacher_logits.float() / temperature
+    student_scaled = student_logits / temperature
+    teacher_scaled = teacher_logits / temperature
     tckd = F.kl_div(
         _binary_log_probs(student_scaled, labels),
         _binary_log_probs(teacher_scaled, labels),
@@ -75,11 +82,16 @@ def dkd_parts(
     return tckd * temperature**2, nckd * temperature**2
 
 
-def warmup_factor(epoch: int, warmup_epochs: int) -> float:
-    """mdistiller's min(epoch / warmup, 1) with its 1-based epoch; `epoch` here is 0-based."""
+def warmup_factor(epoch: torch.Tensor | int, warmup_epochs: int) -> torch.Tensor | float:
+    """mdistiller's min(epoch / warmup, 1) with its 1-based epoch; `epoch` here is 0-based.
+
+    A tensor epoch (the training step's) gives a tensor, so the ramp stays on the device.
+    """
+    is_tensor = isinstance(epoch, torch.Tensor)
     if warmup_epochs <= 0:
-        return 1.0
-    return min((epoch + 1) / warmup_epochs, 1.0)
+        return torch.ones_like(epoch) if is_tensor else 1.0
+    ramp = (epoch + 1) / warmup_epochs
+    return ramp.clamp(max=1.0) if is_tensor else min(ramp, 1.0)
 
 
 @register_distiller("dkd", paper="Zhao et al., CVPR 2022 (arXiv 2203.08679)", taps="logits")
@@ -87,19 +99,11 @@ class DecoupledKD(Distiller):
     """DKD: alpha * TCKD + beta * NCKD with a linear warm-up, plus CE."""
 
     Config = DKDConfig
+    uses_teacher_logits = True
 
-    def __init__(self, student, teacher, config, context):
-        super().__init__(student, teacher, config, context)
-        self.check_teacher_logits()
-
-    def forward_train(self, images, labels, indices=None) -> StepOutput:
+    def loss(self, step):
         cfg = self.config
-        teacher_logits, _ = self.teacher_forward(images)
-        logits = self.student(images)
-        tckd, nckd = dkd_parts(logits, teacher_logits, labels, cfg.temperature)
-        ramp = warmup_factor(self.epoch, cfg.warmup_epochs)
-        losses = {
-            "ce": cfg.ce_weight * F.cross_entropy(logits, labels),
-            "dkd": ramp * (cfg.tckd_weight * tckd + cfg.nckd_weight * nckd),
-        }
-        return StepOutput(logits, losses, {"tckd": tckd.detach(), "nckd": nckd.detach()})
+        tckd, nckd = dkd_parts(step.logits, step.teacher_logits, step.labels, cfg.temperature)
+        ramp = warmup_factor(step.epoch, cfg.warmup_epochs)
+        dkd = ramp * (cfg.tckd_weight * tckd + cfg.nckd_weight * nckd)
+        return {"dkd": dkd}, {"tckd": tckd, "nckd": nckd}

@@ -24,36 +24,51 @@ here those are the first `init_epochs` epochs of the run at the run's LR (lower 
 approximate the smaller LR), so a faithful reproduction trains `init_epochs + 240` epochs with the
 LR milestones shifted by `init_epochs`. During the init stage the student runs in eval mode without
 gradients, as RepDistiller's `init()` leaves it, so its weights and BatchNorm statistics stay as
-initialised. No trainer or CLI knows about the stages.
+initialised. No trainer or CLI knows about the stages: the method says which epochs are its init
+stage (`stage()`) and the base class runs that stage without labels and with the student frozen.
+
+Pairs: any two models with a last map (a ViT's last tokens arrive as a map of its patch grid);
+the paraphraser and translator are convolutional, so pooled vectors cannot be paired.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mimkd.distillers import register_distiller
 from mimkd.distillers.adapters import pool_to_common_size
-from mimkd.distillers.base import Distiller, StepOutput, check_logits_match
+from mimkd.distillers.base import MAIN_STAGE, DistillConfig, Distiller, Stage
+from mimkd.distillers.registry import register_distiller
 from mimkd.errors import ShapeError
+from mimkd.options import option
 
 
 @dataclass
-class FTConfig:
-    ce_weight: float = 1.0  # main-stage cross-entropy weight (RepDistiller -r)
-    kd_weight: float = 0.0  # main-stage Hinton KD weight (RepDistiller -a); 0 leaves it out
-    temperature: float = 4.0  # KD temperature (RepDistiller --kd_T)
-    distill_weight: float = 200.0  # factor transfer loss weight (RepDistiller -b)
-    init_epochs: int = 30  # paraphraser-only epochs at the start (RepDistiller --init_epochs)
-    init_weight: float = 1.0  # reconstruction loss weight in the init stage (RepDistiller: 1)
-    paraphrase_rate: float = 0.5  # factor channels / teacher channels (paper's k; RepDistiller)
-    collapse_channels: bool = True  # RepDistiller's factor mean_c(f^2); false: paper's whole factor
-    student_layer: str = ""  # student tap; empty: its last map before pooling
-    teacher_layer: str = ""  # teacher tap; empty: its last map before pooling
+class FTConfig(DistillConfig):
+    distill_weight: float = option(
+        200.0, "factor transfer loss weight (RepDistiller -b)", minimum=0
+    )
+    init_epochs: int = option(
+        30, "paraphraser-only epochs at the start (RepDistiller --init_epochs)", minimum=0
+    )
+    init_weight: float = option(
+        1.0, "reconstruction loss weight in the init stage (RepDistiller: 1)", minimum=0
+    )
+    paraphrase_rate: float = option(
+        0.5, "factor channels / teacher channels (paper's k; RepDistiller)", greater_than=0
+    )
+    collapse_channels: bool = option(
+        True, "RepDistiller's factor mean_c(f^2); false: the paper's whole factor"
+    )
+    student_layer: str = option("", "student tap; empty: its last map before pooling")
+    teacher_layer: str = option("", "teacher tap; empty: its last map before pooling")
+
+
+# the init stage trains the paraphraser alone: no labels, the student frozen in eval mode
+INIT_STAGE = Stage("init", labels=False, student_trains=False)
 
 
 def _conv_stack(channels: list[int], batch_norm: bool, transposed: bool = False) -> nn.Sequential:
@@ -101,13 +116,12 @@ def factor_transfer_loss(
     student_factor: torch.Tensor, teacher_factor: torch.Tensor, collapse_channels: bool = True
 ) -> torch.Tensor:
     """Mean |normalize(phi(F_s)) - normalize(phi(F_t))|, phi = channel mean of F^2 or identity."""
-    with torch.autocast(student_factor.device.type, enabled=False):
-        student, teacher = pool_to_common_size(student_factor.float(), teacher_factor.float())
-        if collapse_channels:
-            student, teacher = student.pow(2).mean(1), teacher.pow(2).mean(1)
-        student = F.normalize(student.flatten(1), dim=1)
-        teacher = F.normalize(teacher.flatten(1), dim=1)
-        return (student - teacher).abs().mean()
+    student, teacher = pool_to_common_size(student_factor, teacher_factor)
+    if collapse_channels:
+        student, teacher = student.pow(2).mean(1), teacher.pow(2).mean(1)
+    student = F.normalize(student.flatten(1), dim=1)
+    teacher = F.normalize(teacher.flatten(1), dim=1)
+    return (student - teacher).abs().mean()
 
 
 @register_distiller(
@@ -121,81 +135,35 @@ class FactorTransfer(Distiller):
     Config = FTConfig
     ddp_find_unused_parameters = True  # the init stage trains only some modules
 
-    def __init__(self, student, teacher, config, context):
-        super().__init__(student, teacher, config, context)
-        self.student_layer = config.student_layer or self.student_taps.last_map
-        self.teacher_layer = config.teacher_layer or self.teacher_taps.last_map
-        student_shapes = self.probe(student, [self.student_layer])
-        teacher_shapes = self.probe(teacher, [self.teacher_layer])
-        student_shape = student_shapes[self.student_layer]
-        teacher_shape = teacher_shapes[self.teacher_layer]
-        for name, shape in (
-            (self.student_layer, student_shape),
-            (self.teacher_layer, teacher_shape),
-        ):
-            if len(shape) != 4:
-                raise ShapeError(
-                    f"FT's paraphraser and translator are convolutional, but layer {name!r} "
-                    f"gives shape {tuple(shape)}; tap a feature map [B, C, H, W]."
-                )
-        factor_channels = int(teacher_shape[1] * config.paraphrase_rate)
+    def setup(self):
+        cfg = self.config
+        self.student_layer = cfg.student_layer or self.student_taps.last_map
+        self.teacher_layer = cfg.teacher_layer or self.teacher_taps.last_map
+        self.tap([self.student_layer], [self.teacher_layer], maps=True)
+        teacher_channels = int(self.teacher_shapes[self.teacher_layer][1])
+        factor_channels = int(teacher_channels * cfg.paraphrase_rate)
         if factor_channels < 1:
             raise ShapeError(
-                f"paraphrase_rate={config.paraphrase_rate} leaves no factor channels for a teacher "
-                f"map of {teacher_shape[1]} channels; raise it."
+                f"paraphrase_rate={cfg.paraphrase_rate} leaves no factor channels for a teacher "
+                f"map of {teacher_channels} channels; raise it."
             )
-        self.paraphraser = Paraphraser(int(teacher_shape[1]), config.paraphrase_rate)
-        self.translator = Translator(int(student_shape[1]), factor_channels)
-        if config.kd_weight:
-            check_logits_match(student_shapes["logits"], teacher_shapes["logits"])
-        if config.init_epochs >= context.total_epochs:
-            warnings.warn(
-                f"ft spends its first {config.init_epochs} epochs in the init stage but the run "
-                f"has {context.total_epochs}: the student never trains. Lower ft.init_epochs "
-                "or raise the number of epochs.",
-                stacklevel=2,
-            )
-        self.tap_student([self.student_layer])
-        self.tap_teacher([self.teacher_layer])
+        self.paraphraser = Paraphraser(teacher_channels, cfg.paraphrase_rate)
+        self.translator = Translator(
+            int(self.student_shapes[self.student_layer][1]), factor_channels
+        )
 
-    @property
-    def in_init_stage(self) -> bool:
-        return self.epoch < self.config.init_epochs
+    def stage(self, epoch):
+        return INIT_STAGE if epoch < self.config.init_epochs else MAIN_STAGE
 
-    def on_epoch_start(self, epoch: int) -> None:
-        super().on_epoch_start(epoch)
-        if not self.in_init_stage:
-            # the paraphraser is frozen after its stage: no stale gradient for momentum or decay
-            for parameter in self.paraphraser.parameters():
-                parameter.grad = None
-
-    def _student_logits_frozen(self, images: torch.Tensor) -> torch.Tensor:
-        """The init stage leaves the student untouched (eval mode, no graph), as RepDistiller."""
-        was_training = self.student.training
-        self.student.eval()
-        try:
-            with torch.no_grad():
-                return self.student_forward(images)[0]
-        finally:
-            self.student.train(was_training)
-
-    def forward_train(self, images, labels, indices=None) -> StepOutput:
+    def loss(self, step):
         cfg = self.config
-        teacher_logits, teacher_features = self.teacher_forward(images)
-        teacher_map = teacher_features[self.teacher_layer]
-        if self.in_init_stage:
+        teacher_map = step.teacher[self.teacher_layer]
+        if step.stage == "init":
             _, reconstruction = self.paraphraser(teacher_map)
-            loss = F.mse_loss(reconstruction.float(), teacher_map.float())
-            return StepOutput(
-                self._student_logits_frozen(images),
-                {"ft_init": cfg.init_weight * loss},
-                {"paraphraser_mse": loss.detach()},
-            )
-        logits, student_features = self.student_forward(images)
+            loss = F.mse_loss(reconstruction, teacher_map)
+            return {"ft_init": cfg.init_weight * loss}, {"paraphraser_mse": loss}
         with torch.no_grad():
             teacher_factor = self.paraphraser.encoder(teacher_map)
-        student_factor = self.translator(student_features[self.student_layer])
+        student_factor = self.translator(step.student[self.student_layer])
         loss = factor_transfer_loss(student_factor, teacher_factor, cfg.collapse_channels)
-        losses = self.label_and_kd_terms(logits, teacher_logits, labels)
-        losses["ft"] = cfg.distill_weight * loss
-        return StepOutput(logits, losses, {"ft_loss": loss.detach()})
+        return {"ft": cfg.distill_weight * loss}, {"ft_loss": loss}

@@ -2,24 +2,22 @@
 
 Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network", NIPS workshop 2015.
 Defaults: T = 4, CE weight 0.1 and KD weight 0.9 (RepDistiller's CIFAR-100 setting: -r 0.1 -a 0.9).
+The terms are the base class's shared CE + T^2 KL (`losses.kd_loss`); KD adds nothing else.
+Pairs: any teacher and student predicting the same classes (logits only).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
-
-from mimkd.distillers import register_distiller
-from mimkd.distillers.base import Distiller, StepOutput
-from mimkd.distillers.losses import kd_loss
+from mimkd.distillers.base import DistillConfig, Distiller, with_default
+from mimkd.distillers.registry import register_distiller
 
 
 @dataclass
-class KDConfig:
-    temperature: float = 4.0  # softening temperature T (Hinton et al.; 4 in RepDistiller)
-    ce_weight: float = 0.1  # gamma: weight of cross-entropy on the labels
-    kd_weight: float = 0.9  # alpha: weight of the T^2-scaled KL term
+class KDConfig(DistillConfig):
+    ce_weight: float = with_default("ce_weight", 0.1)
+    kd_weight: float = with_default("kd_weight", 0.9)
 
 
 @register_distiller("kd", paper="Hinton et al., 2015 (arXiv 1503.02531)", taps="logits")
@@ -27,19 +25,7 @@ class KnowledgeDistillation(Distiller):
     """Hinton KD: CE on labels plus T^2-scaled KL to the teacher's softened logits."""
 
     Config = KDConfig
+    uses_teacher_logits = True
 
-    def __init__(self, student, teacher, config, context):
-        super().__init__(student, teacher, config, context)
-        self.check_teacher_logits()
-
-    def forward_train(self, images, labels, indices=None) -> StepOutput:
-        teacher_logits, _ = self.teacher_forward(images)
-        logits = self.student(images)
-        return StepOutput(
-            logits,
-            {
-                "ce": self.config.ce_weight * F.cross_entropy(logits, labels),
-                "kd": self.config.kd_weight
-                * kd_loss(logits, teacher_logits, self.config.temperature),
-            },
-        )
+    def loss(self, step):
+        return {}  # gamma * CE + alpha * T^2 KL, added by the base class, is all KD is

@@ -34,12 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mimkd.distillers import register_distiller
-from mimkd.distillers.base import Distiller, StepOutput
+from mimkd.distillers.base import DistillConfig, Distiller, with_default
+from mimkd.distillers.registry import register_distiller
 from mimkd.errors import ConfigError, ShapeError
 from mimkd.features import TapSet, as_locations
 from mimkd.mi import bounds
 from mimkd.mi.critics import SCORE_SCALES, build_critic
+from mimkd.options import option
 
 LOCAL_MODES = ("teacher_global_student_local", "student_global_teacher_local", "local_local")
 NEGATIVE_MODES = ("one", "all", "same_class")
@@ -50,46 +51,60 @@ _DERANGEMENT_CANDIDATES = 64
 
 
 @dataclass
-class MIMKDConfig:
+class MIMKDConfig(DistillConfig):
     """MIMKD's switches; each default is the choice documented in the module docstring."""
 
-    ce_weight: float = 0.1  # gamma: weight of cross-entropy on the labels
-    kd_weight: float = 0.9  # alpha: weight of Hinton KD (T^2 KL); 0 drops the "kd" term
-    temperature: float = 4.0  # KD temperature
-    beta_global: float = 0.1  # global term (penultimate vectors); 0: no term, no critic
-    beta_local: float = 0.1  # local term, summed over layers; 0: no term, no critic
-    local_mode: str = "teacher_global_student_local"  # | student_global_teacher_local | local_local
-    negatives: str = "one"  # one (a derangement) | all (N-1 in-batch) | same_class (hard)
-    critic: str = "separable"  # separable (encode and dot product) | concat (MLP on [t; s])
-    hidden: int = 128  # h: the critics' width (512 on CIFAR per MIMKD.md; see the docstring)
-    score_scale: str = "sqrt_h"  # sqrt_h (dot / sqrt(h), O(1) initial scores) | none
-    student_projection: str = "mlp"  # mlp (residual MLP) | linear (identity-init projection only)
-    normalize: bool = False  # L2-normalise encodings, score = cosine / score_temperature
-    score_temperature: float = 0.1  # temperature of normalised scores (normalize=true)
-    student_layers: list[str] | None = (
-        None  # local taps or aliases last_map/stages (None: last_map)
+    ce_weight: float = with_default("ce_weight", 0.1)
+    kd_weight: float = with_default("kd_weight", 0.9)
+    beta_global: float = option(
+        0.1, "global term (penultimate vectors); 0: no term, no critic", minimum=0
     )
-    teacher_layers: list[str] | None = None  # teacher local taps for the modes that read its maps
-    student_global: str | None = None  # tap of the student's global vector (None: penultimate)
-    teacher_global: str | None = None  # tap of the teacher's global vector (None: penultimate)
+    beta_local: float = option(
+        0.1, "local term, summed over layers; 0: no term, no critic", minimum=0
+    )
+    local_mode: str = option(
+        "teacher_global_student_local", "which features the local critic pairs", choices=LOCAL_MODES
+    )
+    negatives: str = option(
+        "one",
+        "one (a derangement) | all (N-1 in-batch) | same_class (hard)",
+        choices=NEGATIVE_MODES,
+    )
+    critic: str = option(
+        "separable",
+        "separable (encode and dot product) | concat (MLP on [t; s])",
+        choices=CRITIC_KINDS,
+    )
+    hidden: int = option(
+        128, "h: the critics' width (512 on CIFAR per MIMKD.md; see the docstring)", minimum=1
+    )
+    score_scale: str = option(
+        "sqrt_h", "sqrt_h (dot / sqrt(h), O(1) initial scores) | none", choices=SCORE_SCALES
+    )
+    student_projection: str = option(
+        "mlp", "mlp (residual MLP) | linear (identity-init projection only)", choices=PROJECTIONS
+    )
+    normalize: bool = option(False, "L2-normalise encodings, score = cosine / score_temperature")
+    score_temperature: float = option(
+        0.1, "temperature of normalised scores (normalize=true)", greater_than=0
+    )
+    student_layers: list[str] | None = option(
+        None, "local taps or aliases last_map/stages (None: last_map)"
+    )
+    teacher_layers: list[str] | None = option(
+        None, "teacher local taps for the modes that read its maps"
+    )
+    student_global: str | None = option(
+        None, "tap of the student's global vector (None: penultimate)"
+    )
+    teacher_global: str | None = option(
+        None, "tap of the teacher's global vector (None: penultimate)"
+    )
 
     def __post_init__(self) -> None:
-        choices = {
-            "local_mode": LOCAL_MODES,
-            "negatives": NEGATIVE_MODES,
-            "critic": CRITIC_KINDS,
-            "score_scale": SCORE_SCALES,
-            "student_projection": PROJECTIONS,
-        }
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ConfigError(
-                    f"mimkd {key} must be one of {allowed}, got {getattr(self, key)!r}"
-                )
-        if self.hidden < 1:
-            raise ConfigError(f"mimkd hidden must be positive, got {self.hidden}")
+        super().__post_init__()
         if self.student_projection == "linear" and self.critic == "concat":
-            raise ConfigError("student_projection='linear' needs critic='separable'")
+            raise ConfigError("mimkd student_projection='linear' needs critic='separable'")
 
 
 def random_derangement(
@@ -154,11 +169,8 @@ class MIMKD(Distiller):
     Config = MIMKDConfig
     min_batch_size = 2
 
-    def __init__(self, student, teacher, config, context):
-        super().__init__(student, teacher, config, context)
-        cfg: MIMKDConfig = config
-        if cfg.kd_weight > 0:
-            self.check_teacher_logits()
+    def setup(self):
+        cfg: MIMKDConfig = self.config
         student_global = cfg.student_global or self.student_taps.penultimate
         teacher_global = cfg.teacher_global or self.teacher_taps.penultimate
         self.global_terms: list[_Term] = []
@@ -168,14 +180,14 @@ class MIMKD(Distiller):
         if cfg.beta_local > 0:
             self.local_terms = self._local_terms(cfg, teacher_global, student_global)
         terms = self.global_terms + self.local_terms
-        self.tap_student(dict.fromkeys(term.student_path for term in terms))
-        self.tap_teacher(dict.fromkeys(term.teacher_path for term in terms))
-        student_shapes = self.probe(student, self.student_tap_paths)
-        teacher_shapes = self.probe(teacher, self.teacher_tap_paths)
+        self.tap(
+            dict.fromkeys(term.student_path for term in terms),
+            dict.fromkeys(term.teacher_path for term in terms),
+        )
         self.critics = nn.ModuleDict()
         for term in terms:
-            teacher_dim = _channels(teacher_shapes[term.teacher_path], term.teacher_local)
-            student_dim = _channels(student_shapes[term.student_path], term.student_local)
+            teacher_dim = _channels(self.teacher_shapes[term.teacher_path], term.teacher_local)
+            student_dim = _channels(self.student_shapes[term.student_path], term.student_local)
             self.critics[term.name] = build_critic(
                 cfg.critic,
                 teacher_dim,
@@ -191,7 +203,7 @@ class MIMKD(Distiller):
         if cfg.local_mode == "local_local":
             for term in self.local_terms:
                 _check_poolable(
-                    teacher_shapes[term.teacher_path], student_shapes[term.student_path]
+                    self.teacher_shapes[term.teacher_path], self.student_shapes[term.student_path]
                 )
 
     def _local_terms(self, cfg: MIMKDConfig, teacher_global: str, student_global: str):
@@ -216,31 +228,27 @@ class MIMKD(Distiller):
         ]
 
     # ---- one step ----------------------------------------------------------------------------
-    def forward_train(self, images, labels, indices=None) -> StepOutput:
-        self.check_batch(images)
+    def loss(self, step):
         cfg: MIMKDConfig = self.config
-        teacher_logits, teacher_features = self.teacher_forward(images)
-        logits, student_features = self.student_forward(images)
-        losses = self.label_and_kd_terms(logits, teacher_logits, labels)
+        losses: dict[str, torch.Tensor] = {}
         metrics: dict[str, torch.Tensor] = {}
-        negatives = self._draw_negatives(labels)
+        negatives = self._draw_negatives(step.labels)
         for group, terms, weight in (
             ("global", self.global_terms, cfg.beta_global),
             ("local", self.local_terms, cfg.beta_local),
         ):
             if not terms:
                 continue
-            results = [
-                self._term(term, teacher_features, student_features, negatives) for term in terms
-            ]
+            results = [self._term(term, step.teacher, step.student, negatives) for term in terms]
             mi_loss = sum(result[0] for result in results)
             losses[f"mi_{group}"] = weight * mi_loss
-            metrics[f"mi_loss_{group}"] = mi_loss.detach()
+            metrics[f"mi_loss_{group}"] = mi_loss
             # means over layers, so a many-layer local term still reads on the single-term scale
             for index, key in enumerate(("bound", "critic_acc_pos", "critic_acc_neg"), start=1):
-                value = torch.stack([result[index] for result in results]).mean()
-                metrics[f"{key}_{group}"] = value.detach()
-        return StepOutput(logits, losses, metrics)
+                metrics[f"{key}_{group}"] = torch.stack(
+                    [result[index] for result in results]
+                ).mean()
+        return losses, metrics
 
     def _draw_negatives(self, labels: torch.Tensor) -> torch.Tensor | None:
         """Indices pi with sample pi(i) the negative of anchor i; None means all in-batch."""
@@ -265,7 +273,6 @@ class MIMKD(Distiller):
             _, negative = bounds.diagonal_split(matrix)
         else:
             negative = critic.pair_scores(teacher_encoded, student_encoded[negatives])
-        positive, negative = positive.float(), negative.float()
         mi_loss = bounds.jsd_loss(positive, negative)
         accuracy_positive = (positive > 0).float().mean()
         accuracy_negative = (negative < 0).float().mean()

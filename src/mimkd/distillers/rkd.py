@@ -7,34 +7,32 @@ distances divided by their mean over distinct pairs, paper eq. 6-7) and the angl
 of the angles each triplet makes, eq. 8-9), each compared by the Huber (smooth L1) loss, weighted
 25 and 50 inside, and the sum weighted 1.
 
-Distances and angles are computed within each model, so any widths pair with no adapter. The mean
+Pairs: any two models: distances and angles are computed within each model, so any widths and
+layouts (flattened) pair with no adapter. The mean
 distance is taken over the off-diagonal entries directly rather than by RepDistiller's `d[d > 0]`
 selection: the same value (distances are clamped positive) without a host sync.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from mimkd.distillers import register_distiller
-from mimkd.distillers.adapters import pair_taps
-from mimkd.distillers.base import Distiller, StepOutput
+from mimkd.distillers.base import Distiller, PairedLayersConfig
+from mimkd.distillers.registry import register_distiller
 from mimkd.features import flatten_vector
+from mimkd.options import option
 
 
 @dataclass
-class RKDConfig:
-    ce_weight: float = 1.0  # cross-entropy weight (RepDistiller -r)
-    kd_weight: float = 0.0  # Hinton KD weight (RepDistiller -a); 0 leaves the term out
-    temperature: float = 4.0  # KD temperature (RepDistiller --kd_T)
-    distill_weight: float = 1.0  # RKD loss weight (RepDistiller -b)
-    distance_weight: float = 25.0  # distance term weight inside RKD (RepDistiller w_d)
-    angle_weight: float = 50.0  # angle term weight inside RKD (RepDistiller w_a)
-    student_layers: list[str] = field(default_factory=list)  # student taps; empty: penultimate
-    teacher_layers: list[str] = field(default_factory=list)  # teacher taps, paired in order
+class RKDConfig(PairedLayersConfig):
+    distill_weight: float = option(1.0, "RKD loss weight (RepDistiller -b)", minimum=0)
+    distance_weight: float = option(
+        25.0, "distance term weight inside RKD (RepDistiller w_d)", minimum=0
+    )
+    angle_weight: float = option(50.0, "angle term weight inside RKD (RepDistiller w_a)", minimum=0)
 
 
 def pairwise_distances(embeddings: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -58,12 +56,12 @@ def _triplet_cosines(embeddings: torch.Tensor) -> torch.Tensor:
 
 
 def rkd_distance_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    student, teacher = flatten_vector(student.float()), flatten_vector(teacher.float())
+    student, teacher = flatten_vector(student), flatten_vector(teacher)
     return F.smooth_l1_loss(_normalised_distances(student), _normalised_distances(teacher))
 
 
 def rkd_angle_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    student, teacher = flatten_vector(student.float()), flatten_vector(teacher.float())
+    student, teacher = flatten_vector(student), flatten_vector(teacher)
     return F.smooth_l1_loss(_triplet_cosines(student), _triplet_cosines(teacher))
 
 
@@ -79,30 +77,13 @@ class RelationalKD(Distiller):
     # angles need three distinct samples
     min_batch_size = 3
 
-    def __init__(self, student, teacher, config, context):
-        super().__init__(student, teacher, config, context)
-        self.pairs = pair_taps(
-            config.student_layers,
-            config.teacher_layers,
-            [self.student_taps.penultimate],
-            [self.teacher_taps.penultimate],
-        )
-        if config.kd_weight > 0:
-            self.check_teacher_logits()
-        self.tap_pairs(self.pairs)
-
-    def forward_train(self, images, labels, indices=None) -> StepOutput:
+    def setup(self):
         cfg = self.config
-        self.check_batch(images)
-        teacher_logits, teacher_features = self.teacher_forward(images)
-        logits, student_features = self.student_forward(images)
-        distance = sum(
-            rkd_distance_loss(student_features[s], teacher_features[t]) for s, t in self.pairs
-        )
-        angle = sum(rkd_angle_loss(student_features[s], teacher_features[t]) for s, t in self.pairs)
-        losses = self.label_and_kd_terms(logits, teacher_logits, labels)
-        losses["rkd"] = cfg.distill_weight * (
-            cfg.distance_weight * distance + cfg.angle_weight * angle
-        )
-        metrics = {"rkd_distance": distance.detach(), "rkd_angle": angle.detach()}
-        return StepOutput(logits, losses, metrics)
+        self.pairs = self.tap_pairs(cfg.student_layers, cfg.teacher_layers, "penultimate")
+
+    def loss(self, step):
+        cfg = self.config
+        distance = sum(rkd_distance_loss(step.student[s], step.teacher[t]) for s, t in self.pairs)
+        angle = sum(rkd_angle_loss(step.student[s], step.teacher[t]) for s, t in self.pairs)
+        rkd = cfg.distill_weight * (cfg.distance_weight * distance + cfg.angle_weight * angle)
+        return {"rkd": rkd}, {"rkd_distance": distance, "rkd_angle": angle}

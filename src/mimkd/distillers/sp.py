@@ -5,39 +5,34 @@ Defaults are RepDistiller's CIFAR-100 setting (`--distill similarity -r 1 -a 0 -
 on the last feature map (RepDistiller's `feat[-2]`), G = F F^T over the flattened batch, each row
 L2-normalised (paper eq. 2), loss = ||G_t - G_s||_F^2 / B^2 (eq. 3), weight 3000.
 
-Only batch-by-batch Gram matrices are compared, so any pair of widths and spatial sizes works with
-no adapter.
+Pairs: any two models. Only batch-by-batch Gram matrices are compared, so any widths, spatial
+sizes and layouts (maps, tokens, vectors) work with no adapter.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from mimkd.distillers import register_distiller
-from mimkd.distillers.adapters import pair_taps
-from mimkd.distillers.base import Distiller, StepOutput
+from mimkd.distillers.base import Distiller, PairedLayersConfig
+from mimkd.distillers.registry import register_distiller
 from mimkd.features import flatten_vector
+from mimkd.options import option
 
 
 @dataclass
-class SPConfig:
-    ce_weight: float = 1.0  # cross-entropy weight (RepDistiller -r)
-    kd_weight: float = 0.0  # Hinton KD weight (RepDistiller -a); 0 leaves the term out
-    temperature: float = 4.0  # KD temperature (RepDistiller --kd_T)
-    distill_weight: float = 3000.0  # similarity loss weight (RepDistiller -b)
-    student_layers: list[str] = field(default_factory=list)  # student taps; empty: last_map
-    teacher_layers: list[str] = field(default_factory=list)  # teacher taps, paired in order
+class SPConfig(PairedLayersConfig):
+    distill_weight: float = option(3000.0, "similarity loss weight (RepDistiller -b)", minimum=0)
 
 
 def similarity_preserving_loss(
     student_feature: torch.Tensor, teacher_feature: torch.Tensor
 ) -> torch.Tensor:
     batch = student_feature.shape[0]
-    student_flat = flatten_vector(student_feature.float())
-    teacher_flat = flatten_vector(teacher_feature.float())
+    student_flat = flatten_vector(student_feature)
+    teacher_flat = flatten_vector(teacher_feature)
     student_gram = F.normalize(student_flat @ student_flat.t(), dim=1)
     teacher_gram = F.normalize(teacher_flat @ teacher_flat.t(), dim=1)
     return (teacher_gram - student_gram).pow(2).sum() / (batch * batch)
@@ -54,27 +49,12 @@ class SimilarityPreserving(Distiller):
     Config = SPConfig
     min_batch_size = 2
 
-    def __init__(self, student, teacher, config, context):
-        super().__init__(student, teacher, config, context)
-        self.pairs = pair_taps(
-            config.student_layers,
-            config.teacher_layers,
-            [self.student_taps.last_map],
-            [self.teacher_taps.last_map],
-        )
-        if config.kd_weight > 0:
-            self.check_teacher_logits()
-        self.tap_pairs(self.pairs)
-
-    def forward_train(self, images, labels, indices=None) -> StepOutput:
+    def setup(self):
         cfg = self.config
-        self.check_batch(images)
-        teacher_logits, teacher_features = self.teacher_forward(images)
-        logits, student_features = self.student_forward(images)
+        self.pairs = self.tap_pairs(cfg.student_layers, cfg.teacher_layers, "last_map")
+
+    def loss(self, step):
         sp = sum(
-            similarity_preserving_loss(student_features[s], teacher_features[t])
-            for s, t in self.pairs
+            similarity_preserving_loss(step.student[s], step.teacher[t]) for s, t in self.pairs
         )
-        losses = self.label_and_kd_terms(logits, teacher_logits, labels)
-        losses["sp"] = cfg.distill_weight * sp
-        return StepOutput(logits, losses, {"sp_loss": sp.detach()})
+        return {"sp": self.config.distill_weight * sp}, {"sp_loss": sp}

@@ -7,35 +7,35 @@ q(t | s) whose mean is three 1x1 convs (Cs -> Ct -> Ct -> Ct, ReLU between, no b
 student map and whose per-channel variance is softplus(log_scale) + 1e-5, initialised to 5 (paper
 eq. 4-5); loss = mean over elements of 0.5 * ((mu - t)^2 / var + log var), summed over pairs.
 
-As in RepDistiller the larger map of a pair is average-pooled to the smaller's size; stages are
-paired from the deepest when the counts differ.
+Pairs: any two models with spatial stages (paired from the deepest when the counts differ; any
+widths, as the regressor maps Cs -> Ct); as in RepDistiller the larger map of a pair is
+average-pooled to the smaller's size; a ViT's blocks arrive as maps of its patch grid.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mimkd.distillers import register_distiller
-from mimkd.distillers.adapters import pair_taps, pool_to_common_size
-from mimkd.distillers.base import Distiller, StepOutput, check_logits_match
-from mimkd.errors import ShapeError
+from mimkd.distillers.adapters import pool_to_common_size
+from mimkd.distillers.base import Distiller, PairedLayersConfig
+from mimkd.distillers.registry import register_distiller
+from mimkd.options import option
 
 
 @dataclass
-class VIDConfig:
-    ce_weight: float = 1.0  # cross-entropy weight (RepDistiller -r)
-    kd_weight: float = 0.0  # Hinton KD weight (RepDistiller -a); 0 leaves the term out
-    temperature: float = 4.0  # KD temperature (RepDistiller --kd_T)
-    distill_weight: float = 1.0  # VID loss weight (RepDistiller -b)
-    initial_variance: float = 5.0  # initial variance of q(t | s) (authors' init_pred_var)
-    variance_floor: float = 1e-5  # added to softplus(log_scale) (authors' eps)
-    student_layers: list[str] = field(default_factory=list)  # student taps; empty: stages
-    teacher_layers: list[str] = field(default_factory=list)  # teacher taps, paired in order
+class VIDConfig(PairedLayersConfig):
+    distill_weight: float = option(1.0, "VID loss weight (RepDistiller -b)", minimum=0)
+    initial_variance: float = option(
+        5.0, "initial variance of q(t | s) (authors' init_pred_var)", greater_than=0
+    )
+    variance_floor: float = option(
+        1e-5, "added to softplus(log_scale) (authors' eps)", greater_than=0
+    )
 
 
 class GaussianRegressor(nn.Module):
@@ -72,8 +72,8 @@ def vid_loss(
     predicted_mean: torch.Tensor, variance: torch.Tensor, teacher_map: torch.Tensor
 ) -> torch.Tensor:
     """Gaussian negative log-likelihood (without the constant), averaged over all elements."""
-    variance = variance.float().view(1, -1, 1, 1)
-    squared_error = (predicted_mean.float() - teacher_map.float()).pow(2)
+    variance = variance.view(1, -1, 1, 1)
+    squared_error = (predicted_mean - teacher_map).pow(2)
     return (0.5 * (squared_error / variance + torch.log(variance))).mean()
 
 
@@ -87,44 +87,22 @@ class VariationalInformationDistillation(Distiller):
 
     Config = VIDConfig
 
-    def __init__(self, student, teacher, config, context):
-        super().__init__(student, teacher, config, context)
-        self.pairs = pair_taps(
-            config.student_layers,
-            config.teacher_layers,
-            self.student_taps.stages,
-            self.teacher_taps.stages,
-        )
-        student_shapes = self.probe(student, [s for s, _ in self.pairs])
-        teacher_shapes = self.probe(teacher, [t for _, t in self.pairs])
-        for s, t in self.pairs:
-            if len(student_shapes[s]) != 4 or len(teacher_shapes[t]) != 4:
-                raise ShapeError(
-                    f"VID regresses feature maps [B, C, H, W]; taps {(s, t)} give "
-                    f"{tuple(student_shapes[s])} and {tuple(teacher_shapes[t])}. "
-                    "Tap convolutional stages."
-                )
-        if config.kd_weight > 0:
-            check_logits_match(student_shapes["logits"], teacher_shapes["logits"])
+    def setup(self):
+        cfg = self.config
+        self.pairs = self.tap_pairs(cfg.student_layers, cfg.teacher_layers, "stages", maps=True)
         self.regressors = nn.ModuleList(
             GaussianRegressor(
-                student_shapes[s][1],
-                teacher_shapes[t][1],
-                config.initial_variance,
-                config.variance_floor,
+                self.student_shapes[s][1],
+                self.teacher_shapes[t][1],
+                cfg.initial_variance,
+                cfg.variance_floor,
             )
             for s, t in self.pairs
         )
-        self.tap_pairs(self.pairs)
 
-    def forward_train(self, images, labels, indices=None) -> StepOutput:
-        cfg = self.config
-        teacher_logits, teacher_features = self.teacher_forward(images)
-        logits, student_features = self.student_forward(images)
+    def loss(self, step):
         vid = 0
         for regressor, (s, t) in zip(self.regressors, self.pairs):
-            student_map, teacher_map = pool_to_common_size(student_features[s], teacher_features[t])
+            student_map, teacher_map = pool_to_common_size(step.student[s], step.teacher[t])
             vid = vid + vid_loss(regressor(student_map), regressor.variance(), teacher_map)
-        losses = self.label_and_kd_terms(logits, teacher_logits, labels)
-        losses["vid"] = cfg.distill_weight * vid
-        return StepOutput(logits, losses, {"vid_nll": vid.detach()})
+        return {"vid": self.config.distill_weight * vid}, {"vid_nll": vid}

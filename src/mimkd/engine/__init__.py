@@ -1,5 +1,6 @@
-"""The training engine: optimisation, precision, checkpoints, logging, progress and reports."""
+"""The training engine: run assembly, the loop, precision, compile, DDP, checkpoints, reports."""
 
-from mimkd.engine.trainer import Trainer, TrainResult
+from mimkd.engine.build import build_run
+from mimkd.engine.trainer import RunParts, Trainer, TrainResult
 
-__all__ = ["TrainResult", "Trainer"]
+__all__ = ["RunParts", "TrainResult", "Trainer", "build_run"]

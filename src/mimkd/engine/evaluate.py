@@ -6,7 +6,7 @@ import contextlib
 
 from mimkd.config import DataConfig
 from mimkd.data import load_dataset, make_loader
-from mimkd.engine.run import select_device
+from mimkd.engine.build import select_device
 from mimkd.engine.trainer import evaluate
 from mimkd.errors import CheckpointError, ConfigError, did_you_mean
 from mimkd.models.loading import load_model

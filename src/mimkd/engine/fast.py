@@ -24,6 +24,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
 from mimkd.errors import MimkdError
+from mimkd.features import input_tap
 
 # every per-module hook table a forward runs through (torch 2.x names)
 _FORWARD_HOOK_TABLES = (
@@ -158,7 +159,7 @@ def fold_batchnorms(model: nn.Module, keep: Iterable[str] = ()) -> list[str]:
     folded = []
     for conv_path, norm_path in pairs:
         conv, norm = modules[conv_path], modules[norm_path]
-        if conv_path in keep or f"{norm_path}:input" in keep:
+        if conv_path in keep or input_tap(norm_path) in keep:
             continue
         if _has_hooks(conv, ("_forward_hooks", "_forward_hooks_with_kwargs")):
             continue
@@ -205,9 +206,10 @@ class CompiledOrEager:
 
     def __init__(
         self,
-        module: nn.Module,
+        module: nn.Module | Callable,
         *,
         mode: str = "default",
+        backend: str = "inductor",
         label: str = "model",
         warn: Callable[[str], Any] | None = None,
     ):
@@ -217,7 +219,10 @@ class CompiledOrEager:
         self.failed = False
         self.compiled: Callable | None = None
         try:
-            self.compiled = torch.compile(module, mode=None if mode == "default" else mode)
+            options = {"mode": None if mode == "default" else mode}
+            if backend != "inductor":  # modes are inductor's; other backends take none
+                options = {"backend": backend}
+            self.compiled = torch.compile(module, **options)
         except Exception as error:  # compilers fail in many ways; training must go on
             self._fall_back(error)
 

@@ -10,21 +10,27 @@ import contextlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from tqdm.auto import tqdm
 
 from mimkd.config import RunConfig
-from mimkd.distillers.base import Distiller
+from mimkd.distillers.base import Distiller, StepOutput
 from mimkd.engine.checkpoint import capture_rng_state, restore_rng_state
 from mimkd.engine.distributed import DistributedContext
 from mimkd.engine.fast import CompiledOrEager, resolve_compile, resolve_precision, uses_cuda_graphs
 from mimkd.engine.optim import build_optimizer, build_scheduler
-from mimkd.errors import CheckpointError, TrainingDivergedError
+from mimkd.engine.report import write_run_report
+from mimkd.errors import CheckpointError, MimkdError, TrainingDivergedError
 from mimkd.serialization import CHECKPOINT_FORMAT, atomic_save, load_checkpoint
+
+# recorded in checkpoints, not repeated in results.json
+_NOT_IN_RESULTS = ("config", "class_names", "mean", "std", "model_name", "in_channels")
 
 
 @dataclass
@@ -35,6 +41,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     wall_seconds: float = 0.0
     run_dir: str = ""
+    results: dict[str, Any] = field(default_factory=dict)  # results.json's content
 
 
 class RunningSums:
@@ -88,34 +95,44 @@ def evaluate(model: torch.nn.Module, loader, autocast) -> dict[str, float]:
     return {"top1": top1 / count, "top5": top5 / count, "loss": loss / count, "count": count}
 
 
+@dataclass
+class RunParts:
+    """Everything a `Trainer` needs for one run (`build_run` assembles it from a config)."""
+
+    config: RunConfig
+    distiller: Distiller
+    train_loader: Any
+    test_loader: Any
+    run_dir: Path
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    method_config: Any = None
+    distributed: DistributedContext = field(default_factory=DistributedContext)
+    # what the run records about itself (checkpoints, results.json, report.md)
+    record: dict[str, Any] = field(default_factory=dict)
+
+
 class Trainer:
-    def __init__(
-        self,
-        distiller: Distiller,
-        train_loader,
-        test_loader,
-        config: RunConfig,
-        run_dir: str | Path,
-        *,
-        device: torch.device,
-        checkpoint_extras: dict[str, Any] | None = None,
-        distributed: DistributedContext | None = None,
-        log_line=None,
-    ):
-        self.distiller = distiller.to(device)
-        self.train_loader = train_loader
-        self.test_loader = test_loader
+    """Trains `parts.distiller`, checkpoints every epoch, and writes the run's report."""
+
+    def __init__(self, parts: RunParts, *, log_line: Callable[[str], Any] | None = None):
+        config, device = parts.config, parts.device
+        self.parts = parts
         self.config = config
-        self.run_dir = Path(run_dir)
         self.device = device
-        self.extras = checkpoint_extras or {}
-        self.distributed = distributed or DistributedContext()
+        self.distiller = parts.distiller.to(device)
+        self.train_loader = parts.train_loader
+        self.test_loader = parts.test_loader
+        self.run_dir = Path(parts.run_dir)
+        self.distributed = parts.distributed
+        self.record = parts.record
         self.log_line = log_line or (lambda text: tqdm.write(text))
         if config.channels_last:
             self.distiller.to(memory_format=torch.channels_last)
-        self.optimizer = build_optimizer(distiller.trainable_parameters(), config.optim, device)
+        self.optimizer = build_optimizer(
+            self.distiller.trainable_parameters(), config.optim, device
+        )
         self.scheduler = build_scheduler(
-            self.optimizer, config.optim, len(train_loader), config.epochs
+            self.optimizer, config.optim, len(self.train_loader), config.epochs
         )
         # bf16 needs no loss scaling; the scaler is kept (disabled) so checkpoints have one format
         self.scaler = torch.amp.GradScaler(device.type, enabled=False)
@@ -124,11 +141,17 @@ class Trainer:
         self.precision = resolve_precision(config.precision, device)
         self.cuda_graphs = False
         if resolve_compile(config.compile, device):
-            self.step_model = CompiledOrEager(
-                self.step_model, mode=config.compile_mode, label="training step"
+            # the distiller's stage steps are compiled inside DDP's forward, one per stage
+            self.distiller.compile_steps(
+                lambda step, label: CompiledOrEager(
+                    step, mode=config.compile_mode, backend=config.compile_backend, label=label
+                )
             )
             self.eval_model = CompiledOrEager(
-                self.eval_model, mode=config.compile_mode, label="evaluation student"
+                self.eval_model,
+                mode=config.compile_mode,
+                backend=config.compile_backend,
+                label="evaluation student",
             )
             self.cuda_graphs = uses_cuda_graphs(config.compile_mode, device)
         self.epoch = 0  # completed epochs
@@ -138,6 +161,7 @@ class Trainer:
         self.history: list[dict] = []
         self.metrics_file = self.run_dir / "metrics.jsonl"
         self.tensorboard = None
+        self._epoch_tensor = torch.zeros((), device=device)
 
     # ---- precision / compile -----------------------------------------------------------------
     def autocast(self):
@@ -147,17 +171,10 @@ class Trainer:
 
     # ---- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        distiller_state = {
-            key: value
-            for key, value in self.distiller.state_dict().items()
-            if not key.startswith(
-                ("student.", "teacher.", "_student_extractor.", "_teacher_extractor.")
-            )
-        }
         return {
             "format": CHECKPOINT_FORMAT,
             "model": self.distiller.student.state_dict(),
-            "distiller": distiller_state,
+            "distiller": self.distiller.method_state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -168,7 +185,7 @@ class Trainer:
             "best_accuracy": self.best_accuracy,
             "best_epoch": self.best_epoch,
             "history": self.history,
-            **self.extras,
+            **self.record,
         }
 
     def save(self, is_best: bool) -> None:
@@ -185,8 +202,14 @@ class Trainer:
             raise CheckpointError(
                 f"{path} is not a mimkd training checkpoint; resume from a run's last.pt."
             )
-        self.distiller.student.load_state_dict(state["model"])
-        self.distiller.load_state_dict(state["distiller"], strict=False)
+        try:
+            self.distiller.student.load_state_dict(state["model"])
+        except RuntimeError as error:
+            raise CheckpointError(
+                f"{path} holds a student that does not fit this run "
+                f"({str(error).splitlines()[-1].strip()}); resume with the run's own settings."
+            ) from None
+        self.distiller.load_method_state_dict(state["distiller"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -221,8 +244,24 @@ class Trainer:
             self.tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
 
     # ---- the loop ----------------------------------------------------------------------------
-    def fit(self) -> TrainResult:
+    def _open_run(self) -> None:
+        """Resume when asked (before anything in the folder is touched), then record the config."""
+        last = self.run_dir / "last.pt"
+        if self.config.resume:
+            if not last.is_file():
+                raise MimkdError(
+                    f"cannot resume: {last} does not exist; pass the folder of an earlier run "
+                    "(run_dir=... or --resume RUN_DIR)."
+                )
+            self.resume(last)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.distributed.is_main and "config" in self.record:
+            config = {**self.record["config"], "resume": False, "run_dir": str(self.run_dir)}
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def fit(self) -> TrainResult:
+        """Train to the end (resuming first if the config says so), then write the report."""
+        self._open_run()
         self._open_tensorboard()
         start = time.perf_counter()
         steps_per_epoch = len(self.train_loader)
@@ -245,37 +284,58 @@ class Trainer:
             if self.tensorboard is not None:
                 self.tensorboard.close()
         last = self.history[-1]["test_top1"] if self.history else float("nan")
+        wall_seconds = time.perf_counter() - start
+        results = {
+            **{key: value for key, value in self.record.items() if key not in _NOT_IN_RESULTS},
+            "best_accuracy": self.best_accuracy,
+            "best_epoch": self.best_epoch,
+            "last_accuracy": last,
+            "epochs": self.config.epochs,
+            "seed": self.config.seed,
+            "wall_seconds": wall_seconds,
+            "run_dir": str(self.run_dir),
+        }
+        if self.distributed.is_main and self.record:
+            write_run_report(self.run_dir, results, self.history)
         return TrainResult(
             best_accuracy=self.best_accuracy,
             last_accuracy=last,
             best_epoch=self.best_epoch,
             history=self.history,
-            wall_seconds=time.perf_counter() - start,
+            wall_seconds=wall_seconds,
             run_dir=str(self.run_dir),
+            results=results,
         )
+
+    def train_step(self, images, labels, indices=None) -> StepOutput:
+        """One optimisation step: the distiller's forward in the run's precision (its stage step,
+        compiled when compile is on), backward, SGD and the schedule. No host sync."""
+        if self.cuda_graphs:
+            # the previous step's graph outputs were consumed; let the next replay reuse them
+            torch.compiler.cudagraph_mark_step_begin()
+        with self.autocast():
+            output = self.step_model(images, labels, indices, self._epoch_tensor)
+        self.optimizer.zero_grad(set_to_none=True)
+        output.total_loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return output
 
     def _train_epoch(self, bar, total_steps: int) -> None:
         self.distiller.train()
         self.distiller.on_epoch_start(self.epoch)
+        # the epoch reaches the step as a tensor: a compiled step never specialises on it
+        self._epoch_tensor = torch.tensor(float(self.epoch), device=self.device)
         sums = RunningSums(self.device)
         interval = RunningSums(self.device)
         epoch_start = time.perf_counter()
         interval_start = epoch_start
         log_every = max(1, self.config.log_every)
         for images, labels, indices in self.train_loader:
-            if self.cuda_graphs:
-                # the previous step's graph outputs were consumed; let the next replay reuse them
-                torch.compiler.cudagraph_mark_step_begin()
-            with self.autocast():
-                output = self.step_model(images, labels, indices)
-                loss = output.total_loss
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.scheduler.step()
-            self.step += 1
+            output = self.train_step(images, labels, indices)
             correct = (output.logits.detach().argmax(dim=1) == labels).sum()
-            values = {"loss": loss, "train_correct": correct / labels.shape[0]}
+            values = {"loss": output.total_loss, "train_correct": correct / labels.shape[0]}
             values.update({f"loss_{k}": v for k, v in output.losses.items()})
             values.update(output.metrics)
             sums.add(values, labels.shape[0])
