@@ -24,6 +24,11 @@ Every *choice* of MIMKD.md is a switch in `MIMKDConfig`, documented at its field
   h channels, so raise `hidden` to the feature width there.
 - layers: the last map before global pooling of the student (and of the teacher where a mode
   reads a teacher map); aliases "last_map" and "stages" expand from the model's TapSet.
+
+Pairs: any teacher with any student. The global term needs only pooled vectors; the default local
+term scores the teacher's global vector against every location of the student's map (or token
+sequence: tokens are locations), so it needs no spatial alignment; local_local pools the teacher's
+map to the student's locations.
 """
 
 from __future__ import annotations
