@@ -406,31 +406,51 @@ class Distiller(nn.Module, metaclass=abc.ABCMeta):
         if epoch is None:
             epoch = torch.tensor(float(self.epoch), device=images.device)
         stage = self._stage
+        # what does not train runs as inference, outside the training graph: the teacher always,
+        # the student in a stage that freezes it (a training graph that toggles grad mode loses
+        # its gradients under inductor, and inference graphs save no activations)
+        teacher_out = self._infer("teacher", images) if self._uses_teacher else (None, {})
+        frozen_student = None
+        if not stage.student_trains:
+            was_training = self.student.training
+            self.student.eval()
+            try:
+                frozen_student = self._infer("student", images)
+            finally:
+                self.student.train(was_training)
         step = self._steps.get(stage.name)
         if step is None:
-            step = types.MethodType(_step_function(stage.name), self)
+            step = types.MethodType(_own_code(Distiller._run_step, f"step_{stage.name}"), self)
             if self._wrap_step is not None:
                 step = self._wrap_step(step, f"{self.method_name} {stage.name} step")
             self._steps[stage.name] = step
-        if stage.student_trains:
-            return step(images, labels, indices, epoch)
-        was_training = self.student.training
-        self.student.eval()
-        try:
-            return step(images, labels, indices, epoch)
-        finally:
-            self.student.train(was_training)
+        output = step(images, labels, indices, epoch, teacher_out, frozen_student)
+        output.metrics = {key: value.detach() for key, value in output.metrics.items()}
+        return output
 
-    def _run_step(self, images, labels, indices, epoch) -> StepOutput:
+    def _infer(self, side: str, images: torch.Tensor):
+        """(logits, features) of a network that does not train this step, without gradients."""
+        forward = self._steps.get(f"{side} inference")
+        if forward is None:
+            # one code object per side: a compiled teacher forward is never invalidated by the
+            # student's (FT's frozen init stage runs both)
+            forward = types.MethodType(_own_code(Distiller._run_frozen, f"infer_{side}"), self)
+            if self._wrap_step is not None:
+                forward = self._wrap_step(forward, f"{self.method_name} {side} inference")
+            self._steps[f"{side} inference"] = forward
+        return forward(side, images)
+
+    def _run_frozen(self, side: str, images: torch.Tensor):
+        with torch.no_grad():
+            return self._run_side(side, images)
+
+    def _run_step(self, images, labels, indices, epoch, teacher_out, frozen_student) -> StepOutput:
         stage = self._stage
-        teacher_logits, teacher_features = None, {}
-        if self._uses_teacher:
-            teacher_logits, teacher_features = self.teacher_forward(images)
-        if stage.student_trains:
+        teacher_logits, teacher_features = teacher_out
+        if frozen_student is None:
             logits, student_features = self._run_side("student", images)
         else:
-            with torch.no_grad():
-                logits, student_features = self._run_side("student", images)
+            logits, student_features = frozen_student
         with torch.autocast(images.device.type, enabled=False):
             logits32 = logits.float()
             teacher32 = teacher_logits.float() if teacher_logits is not None else None
@@ -450,7 +470,10 @@ class Distiller(nn.Module, metaclass=abc.ABCMeta):
             terms = self.loss(step)
         method_losses, metrics = terms if isinstance(terms, tuple) else (terms, {})
         losses.update(method_losses)
-        return StepOutput(logits, losses, {key: value.detach() for key, value in metrics.items()})
+        # metrics leave undetached and are detached by the caller: a metric can be the very value
+        # of a loss term (weight 1.0), and a compiled graph returning one buffer both with and
+        # without gradient drops the term's gradient (inductor folds the x1.0 into one output)
+        return StepOutput(logits, losses, metrics)
 
     def label_terms(
         self, logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor
@@ -526,17 +549,16 @@ class Distiller(nn.Module, metaclass=abc.ABCMeta):
             ) from None
 
 
-def _step_function(stage_name: str) -> Callable:
-    """`Distiller._run_step` with a code object of its own, one per stage.
+def _own_code(template: Callable, name: str) -> Callable:
+    """A copy of `template` with a code object of its own, named `name`.
 
     torch.compile keeps compiled code per code object, guarded on what the code read (here
-    `self._stage`). One shared step function would be compiled for the first stage and fail its
-    guards (a recompile) whenever the stage changed; a copy per stage compiles once for its stage
-    and stays valid for the rest of the run.
+    `self._stage`, or which network runs). One shared step function would be compiled for the
+    first stage and fail its guards (a recompile) whenever the stage changed; a copy per stage
+    compiles once for its stage and stays valid for the rest of the run.
     """
-    template = Distiller._run_step
-    code = template.__code__.replace(co_name=f"step_{stage_name}")
-    return types.FunctionType(code, template.__globals__, code.co_name, template.__defaults__)
+    code = template.__code__.replace(co_name=name)
+    return types.FunctionType(code, template.__globals__, name, template.__defaults__)
 
 
 def check_logits_match(student_logits_shape: torch.Size, teacher_logits_shape: torch.Size) -> None:
