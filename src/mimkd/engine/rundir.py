@@ -103,13 +103,13 @@ def claim_run_folder(path: str | Path, *, resume: bool, config: dict | None) -> 
 
 
 @contextlib.contextmanager
-def run_folder_writes(run_dir: Path) -> Iterator[None]:
+def run_folder_writes(run_dir: Path, target: Path | None = None) -> Iterator[None]:
     """Turn an OSError of a write into the run folder (disk full, quota, permissions) into one
     line saying what to do; the atomic writes have left every file whole."""
     try:
         yield
     except OSError as error:
-        where = error.filename or run_dir
+        where = error.filename or target or run_dir
         reason = error.strerror or str(error)
         raise MimkdError(
             f"cannot write {where}: {reason}; free space or fix permissions there (or choose "

@@ -235,7 +235,7 @@ class Trainer:
         self.saved_epoch = self.epoch
 
     def _write_checkpoint(self, state: dict, name: str) -> None:
-        with run_folder_writes(self.run_dir):
+        with run_folder_writes(self.run_dir, self.run_dir / name):
             write_checkpoint(state, self.run_dir / name)
 
     def resume(self, path: str | Path) -> dict:
@@ -285,7 +285,10 @@ class Trainer:
         if not self.distributed.is_main:
             return
         # appended, not rewritten: a kill cuts at most the last line, which resuming drops
-        with run_folder_writes(self.run_dir), open(self.metrics_file, "a") as file:
+        with (
+            run_folder_writes(self.run_dir, self.metrics_file),
+            open(self.metrics_file, "a") as file,
+        ):
             file.write(json.dumps(record) + "\n")
         if self.tensorboard is not None and record.get("kind") == "epoch":
             for key, value in record.items():
