@@ -29,6 +29,8 @@ EXTRA = {
     "crd": ["crd.num_negatives=64"],  # the default 16384 negatives outnumber 400 images
 }
 
+LOCK_NAME = ".mimkd.lock"  # the run folder's lock file (mimkd.engine.rundir)
+
 
 @pytest.fixture(scope="module")
 def zygote(tmp_path_factory):
@@ -98,7 +100,12 @@ def _epochs(run_dir: Path) -> list[int]:
 
 
 def _snapshot(run_dir: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(run_dir.iterdir()) if p.is_file()}
+    """Every file's bytes, but the lock file's (it names whoever locked the folder last)."""
+    return {
+        p.name: p.read_bytes()
+        for p in sorted(run_dir.iterdir())
+        if p.is_file() and p.name != LOCK_NAME
+    }
 
 
 def _temp_files(run_dir: Path) -> list[str]:
