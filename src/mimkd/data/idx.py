@@ -99,10 +99,8 @@ def _not_in_root(root: str) -> str:
         return f"data.root={root} is not a folder"
     folder = min(_layouts(base), key=lambda candidate: len(_missing(candidate)))
     missing = _missing(folder)
-    return (
-        f"data.root={root} lacks {len(missing)} of the 4 Fashion-MNIST IDX files in {folder} "
-        f"({', '.join(missing)}, .gz or not)"
-    )
+    listed = ", ".join(f"{name}[.gz]" for name in missing)
+    return f"data.root={root} lacks {len(missing)} of the 4 Fashion-MNIST IDX files ({listed} in {folder})"
 
 
 def _file(folder: Path, name: str) -> Path:
@@ -129,7 +127,7 @@ def read_idx_folder(folder: Path) -> tuple[ImageTensors, ImageTensors]:
     return splits[0], splits[1]
 
 
-def _download(root: Path, missing: str) -> Path:
+def _download(root: Path, missing: str, hint: str) -> Path:
     try:
         from torchvision.datasets import FashionMNIST
 
@@ -138,7 +136,7 @@ def _download(root: Path, missing: str) -> Path:
     except Exception as error:  # network failures come in many types
         raise DataError(
             f"{missing} and downloading failed ({str(error).strip() or type(error).__name__}); "
-            f"{INSTALL_HINT}."
+            f"{hint}."
         ) from None
     return root / "FashionMNIST" / "raw"
 
@@ -150,13 +148,16 @@ def fashion_mnist(root=None, download=True, **_) -> DatasetBundle:
     if folder is None:
         if root:
             missing = _not_in_root(root)
-            hint = f"put them there, or leave data.root unset and {INSTALL_HINT}"
+            hint = (
+                f"put them there, or leave data.root unset to use $MIMKD_DATA or {DEBIAN_PATH} "
+                "(apt-get install dataset-fashion-mnist)"
+            )
         else:
             missing = f"Fashion-MNIST IDX files not found in $MIMKD_DATA or {DEBIAN_PATH}"
             hint = INSTALL_HINT
         if not download:
             raise DataError(f"{missing}; {hint}.")
-        folder = _download(default_download_root(root), missing)
+        folder = _download(default_download_root(root), missing, hint)
     train, test = read_idx_folder(folder)
     return DatasetBundle(
         name="fashion_mnist",

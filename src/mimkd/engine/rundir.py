@@ -59,7 +59,7 @@ class RunFolder:
 
     path: Path
     plan: str  # NEW, RESTART (no checkpoint yet: start over) or RESUME (from last.pt)
-    created: bool  # this claim created the folder
+    created: Path | None  # the outermost folder this claim created (None: path existed)
     lock_file: IO[str] | None
 
     @property
@@ -75,12 +75,17 @@ class RunFolder:
     def abandon(self) -> None:
         """Release after a run that failed before writing anything: a folder this claim created
         and that holds only the lock file is removed, so a failed start leaves nothing behind."""
-        if self.lock_file is not None and self.created:
+        if self.lock_file is not None and self.created is not None:
             leftovers = [p.name for p in self.path.iterdir() if p.name != LOCK_NAME]
             if not leftovers:
                 (self.path / LOCK_NAME).unlink(missing_ok=True)
-                with contextlib.suppress(OSError):
-                    self.path.rmdir()
+                folder = self.path
+                with contextlib.suppress(OSError):  # a folder not empty (any more) stays
+                    while True:
+                        folder.rmdir()
+                        if folder == self.created:
+                            break
+                        folder = folder.parent
         self.release()
 
 
@@ -91,6 +96,8 @@ def claim_run_folder(path: str | Path, *, resume: bool, config: dict | None) -> 
     `config` is the run's config as config.yaml records it (None: not compared).
     """
     path = Path(path)
+    if path.is_dir() and not _has_run(path):
+        _refuse_strangers(path)  # before the lock file: a foreign folder is left untouched
     created = _make_folder(path)
     lock_file = _lock(path)
     folder = RunFolder(path=path, plan=NEW, created=created, lock_file=lock_file)
@@ -118,20 +125,24 @@ def run_folder_writes(run_dir: Path, target: Path | None = None) -> Iterator[Non
 
 
 # ---- the folder ------------------------------------------------------------------------------
-def _make_folder(path: Path) -> bool:
+def _make_folder(path: Path) -> Path | None:
+    """Create `path` and missing parents; return the outermost folder created (None: none)."""
     if path.is_dir():
-        return False
+        return None
     if path.exists():
         raise MimkdError(f"run_dir {path} is a file, not a folder; choose another run_dir.")
+    outermost = path
+    while not outermost.parent.exists() and outermost.parent != outermost:
+        outermost = outermost.parent
     try:
         path.mkdir(parents=True)
     except FileExistsError:  # created meanwhile by another process: the lock decides
-        return False
+        return None
     except OSError as error:
         raise MimkdError(
             f"cannot create run_dir {path}: {error.strerror}; choose a writable run_dir."
         ) from None
-    return True
+    return outermost
 
 
 def _lock(path: Path) -> IO[str]:
@@ -220,6 +231,15 @@ def _plan(path: Path, resume: bool, config: dict | None) -> str:
                 f"(--resume {path} key=value), or choose another run_dir."
             )
         return RESTART
+    _refuse_strangers(path)
+    return NEW
+
+
+def _has_run(path: Path) -> bool:
+    return (path / "last.pt").is_file() or (path / "config.yaml").is_file()
+
+
+def _refuse_strangers(path: Path) -> None:
     strangers = _foreign_entries(path)
     if strangers:
         shown = ", ".join(strangers[:3]) + (", ..." if len(strangers) > 3 else "")
@@ -227,7 +247,6 @@ def _plan(path: Path, resume: bool, config: dict | None) -> str:
             f"run_dir {path} is not empty and holds no mimkd run ({shown}); choose a new or "
             "empty folder."
         )
-    return NEW
 
 
 def _foreign_entries(path: Path) -> list[str]:
