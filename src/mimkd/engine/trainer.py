@@ -306,7 +306,6 @@ class Trainer:
                 return
             self.tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
 
-    # ---- the loop ----------------------------------------------------------------------------
     # ---- the run folder ----------------------------------------------------------------------
     def _recorded_config(self) -> dict | None:
         """config.yaml's content: the config that reproduces this run."""
@@ -371,6 +370,7 @@ class Trainer:
     def _training_left(self) -> bool:
         return self.epoch < self.config.epochs and self.step < self._total_steps()
 
+    # ---- the loop ----------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         """Train to the end (resuming first if the config says so), then write the report.
 
