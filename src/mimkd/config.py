@@ -34,7 +34,7 @@ class DataConfig:
     image_size: int = option(
         0, "resize/pad images to this size (0: native; 32: CIFAR models on MNIST)", minimum=0
     )
-    channels: int = option(0, "3 repeats grey images to RGB (0: native)", minimum=0)
+    channels: int = option(0, "3 repeats grey images to RGB (0: native)", choices=(0, 1, 3))
     train_subset: int = option(
         0, "use the first N training images, class-balanced (0: all)", minimum=0
     )
@@ -61,7 +61,9 @@ class OptimConfig:
         "multistep", "learning-rate schedule", choices=("multistep", "cosine", "constant")
     )
     milestones: list[float] = option(
-        [0.625, 0.75, 0.875], "epochs, or fractions of the run when < 1 (0.625 = 150/240)"
+        [0.625, 0.75, 0.875],
+        "epochs, or fractions of the run when < 1 (0.625 = 150/240)",
+        minimum=0,
     )
     lr_decay: float = option(0.1, "multistep factor", greater_than=0)
     warmup_epochs: float = option(
@@ -98,7 +100,12 @@ class RunConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     epochs: int = option(10, "training epochs", minimum=1)
-    seed: int = option(0, "seeds every RNG (python, numpy, torch, data order, augmentation)")
+    seed: int = option(
+        0,
+        "seeds every RNG (python, numpy, torch, data order, augmentation)",
+        minimum=0,
+        maximum=2**63 - 1,  # torch generators take 64-bit seeds
+    )
     device: str = option("auto", "auto (cuda when present) | cpu | cuda | cuda:N")
     precision: str = option(
         "auto",

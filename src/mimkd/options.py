@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from typing import Any
 
 from mimkd.errors import ConfigError, did_you_mean
@@ -67,7 +68,8 @@ def _range_text(field: dataclasses.Field) -> str:
 
 
 def check(config: Any, prefix: str = "") -> None:
-    """Raise ConfigError for the first field outside its declared choices or range (recursive)."""
+    """Raise ConfigError for the first field outside its declared choices or range (recursive;
+    a list of numbers, e.g. optim.milestones, is checked item by item)."""
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
         key = f"{prefix}{field.name}"
@@ -81,17 +83,25 @@ def check(config: Any, prefix: str = "") -> None:
                 f"bad value {value!r} for {key}: choose one of {', '.join(map(str, choices))}."
                 f"{did_you_mean(str(value), map(str, choices))}"
             )
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            continue
-        if value != value:  # NaN compares unequal to itself and passes every range test
-            raise ConfigError(f"bad value nan for {key}: give a number.")
-        low, above, high = meta.get("minimum"), meta.get("greater_than"), meta.get("maximum")
-        if (
-            (low is not None and value < low)
-            or (above is not None and value <= above)
-            or (high is not None and value > high)
-        ):
-            raise ConfigError(f"bad value {value!r} for {key}: it must be {_range_text(field)}.")
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            _check_number(item, key, field)
+
+
+def _check_number(value: Any, key: str, field: dataclasses.Field) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    if value != value:  # NaN compares unequal to itself and passes every range test
+        raise ConfigError(f"bad value nan for {key}: give a number.")
+    if value in (math.inf, -math.inf):
+        raise ConfigError(f"bad value {value} for {key}: give a finite number.")
+    meta = field.metadata
+    low, above, high = meta.get("minimum"), meta.get("greater_than"), meta.get("maximum")
+    if (
+        (low is not None and value < low)
+        or (above is not None and value <= above)
+        or (high is not None and value > high)
+    ):
+        raise ConfigError(f"bad value {value!r} for {key}: it must be {_range_text(field)}.")
 
 
 __all__ = ["check", "field_default", "field_help", "option"]

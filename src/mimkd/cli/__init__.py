@@ -11,14 +11,23 @@ import argparse
 import importlib
 import sys
 
-from mimkd.errors import MimkdError
+from mimkd.errors import MimkdError, did_you_mean
 
 # the command groups, in the order `mimkd --help` lists them
 GROUPS = ("mimkd.cli.run", "mimkd.cli.models", "mimkd.cli.mi")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors raised as one line (our exit 2) instead of usage + error.
+
+    Subcommand parsers are made with the parent's class, so every level gets this."""
+
+    def error(self, message: str):
+        raise MimkdError(f"{message}; see `{self.prog} --help`.")
+
+
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mimkd",
         description="Knowledge distillation for PyTorch, headlined by MIMKD.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -29,17 +38,43 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = build_parser(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        command = _subparsers(parser).choices[args.command]
+        options = [o for action in command._actions for o in action.option_strings]
+        hint = did_you_mean(unknown[0].split("=", 1)[0], options)
+        raise MimkdError(
+            f"unrecognized arguments: {' '.join(unknown)}.{hint} See `{command.prog} --help`."
+        )
+    return args
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+
+def _interrupted(error: KeyboardInterrupt, argv: list[str]) -> str:
+    """Where to pick up: a run's own folder (`Trainer.fit` attaches it), else nothing to resume."""
+    run_dir = getattr(error, "run_dir", None)
+    if not run_dir:
+        return "mimkd: interrupted."
+    command = argv[0] if argv and argv[0] in ("train", "distill") else "distill"
+    return f"mimkd: interrupted; continue with: mimkd {command} --resume {run_dir}"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = build_parser(argv).parse_args(argv)
+        args = _parse(argv)
         return args.handler(args)
     except MimkdError as error:
         message = " ".join(str(error).split())
         print(f"mimkd: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("mimkd: interrupted; resume with --resume RUN_DIR", file=sys.stderr)
+    except KeyboardInterrupt as error:
+        print(_interrupted(error, argv), file=sys.stderr)
         return 130
 
 

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from mimkd.data.registry import DATASETS
+from mimkd.errors import ConfigError
+from mimkd.serialization import sha256_of
 
 
 @dataclass
@@ -34,7 +36,9 @@ class DatasetBundle:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     classes: list[str] = field(default_factory=list)
-    source: str = ""  # where the files were read from
+    source: str = ""  # the folder the files were read from
+    # the files read: {"path", "bytes", "sha256"} each (`describe_files`); results.json keeps them
+    files: list[dict] = field(default_factory=list)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -45,14 +49,24 @@ class DatasetBundle:
 
 
 def candidate_roots(explicit: str | None, *system_paths: str) -> list[Path]:
-    """Where to look for files: the configured root, $MIMKD_DATA, then system locations."""
-    roots = []
+    """Where to look for files: an explicit data.root alone, else $MIMKD_DATA, then system
+    locations. An explicit root is used or refused, never replaced by a copy found elsewhere:
+    the user named those files."""
     if explicit:
-        roots.append(Path(explicit).expanduser())
+        return [Path(explicit).expanduser()]
+    roots = []
     if os.environ.get("MIMKD_DATA"):
         roots.append(Path(os.environ["MIMKD_DATA"]).expanduser())
     roots.extend(Path(p).expanduser() for p in system_paths)
     return roots
+
+
+def describe_files(paths: list[Path]) -> list[dict]:
+    """What a run records about the data files it read: path, size and SHA-256."""
+    return [
+        {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_of(path)}
+        for path in paths
+    ]
 
 
 def default_download_root(explicit: str | None) -> Path:
@@ -90,8 +104,9 @@ def prepare_images(images: torch.Tensor, image_size: int, channels: int) -> torc
         if images.shape[1] == 1:
             images = images.expand(-1, channels, -1, -1).contiguous()
         else:
-            raise ValueError(
-                f"cannot turn {images.shape[1]}-channel images into {channels} channels"
+            raise ConfigError(
+                f"data.channels={channels} cannot be made from this dataset's "
+                f"{images.shape[1]}-channel images; use data.channels=0 (native)."
             )
     height, width = images.shape[-2:]
     if image_size and (height, width) != (image_size, image_size):

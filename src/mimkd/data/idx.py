@@ -1,7 +1,9 @@
 """Fashion-MNIST (and MNIST) from the standard IDX files, gzipped or not.
 
-Looks in data.root, $MIMKD_DATA, the Debian package's /usr/share/datasets/fashion-mnist and
-torchvision's layout (<root>/FashionMNIST/raw); downloads through torchvision when allowed.
+An explicit data.root is the only place looked in (the folder itself, <root>/fashion-mnist or
+torchvision's <root>/FashionMNIST/raw); without one: $MIMKD_DATA, the Debian package's
+/usr/share/datasets/fashion-mnist, ~/.cache/mimkd/data. Downloads through torchvision (into
+data.root when given) when allowed. The files read are recorded with their SHA-256.
 """
 
 from __future__ import annotations
@@ -14,7 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mimkd.data.base import DatasetBundle, ImageTensors, candidate_roots, default_download_root
+from mimkd.data.base import (
+    DatasetBundle,
+    ImageTensors,
+    candidate_roots,
+    default_download_root,
+    describe_files,
+)
 from mimkd.data.registry import register_dataset
 from mimkd.errors import DataError
 
@@ -64,15 +72,35 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
+def _layouts(root: Path) -> tuple[Path, ...]:
+    return (root, root / "fashion-mnist", root / "FashionMNIST" / "raw")
+
+
+def _missing(folder: Path) -> list[str]:
+    return [
+        name
+        for name in FILES.values()
+        if not ((folder / f"{name}.gz").is_file() or (folder / name).is_file())
+    ]
+
+
 def find_idx_folder(roots: list[Path]) -> Path | None:
     for root in roots:
-        for folder in (root, root / "fashion-mnist", root / "FashionMNIST" / "raw"):
-            if all(
-                (folder / f"{name}.gz").is_file() or (folder / name).is_file()
-                for name in FILES.values()
-            ):
+        for folder in _layouts(root):
+            if not _missing(folder):
                 return folder
     return None
+
+
+def _not_in_root(root: str) -> str:
+    """What an explicit data.root lacks, for the one-line error."""
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        return f"data.root={root} is not a folder"
+    folder = min(_layouts(base), key=lambda candidate: len(_missing(candidate)))
+    missing = _missing(folder)
+    listed = ", ".join(f"{name}[.gz]" for name in missing)
+    return f"data.root={root} lacks {len(missing)} of the 4 Fashion-MNIST IDX files ({listed} in {folder})"
 
 
 def _file(folder: Path, name: str) -> Path:
@@ -99,7 +127,7 @@ def read_idx_folder(folder: Path) -> tuple[ImageTensors, ImageTensors]:
     return splits[0], splits[1]
 
 
-def _download(root: Path) -> Path:
+def _download(root: Path, missing: str, hint: str) -> Path:
     try:
         from torchvision.datasets import FashionMNIST
 
@@ -107,7 +135,8 @@ def _download(root: Path) -> Path:
         FashionMNIST(str(root), train=False, download=True)
     except Exception as error:  # network failures come in many types
         raise DataError(
-            f"Fashion-MNIST is not on this machine and downloading failed ({error}); {INSTALL_HINT}."
+            f"{missing} and downloading failed ({str(error).strip() or type(error).__name__}); "
+            f"{hint}."
         ) from None
     return root / "FashionMNIST" / "raw"
 
@@ -117,11 +146,18 @@ def fashion_mnist(root=None, download=True, **_) -> DatasetBundle:
     """Fashion-MNIST: 60k/10k 28x28 grey images of clothing, 10 classes (IDX files)."""
     folder = find_idx_folder(candidate_roots(root, DEBIAN_PATH, "~/.cache/mimkd/data"))
     if folder is None:
-        if not download:
-            raise DataError(
-                f"Fashion-MNIST IDX files not found (looked in data.root, $MIMKD_DATA, {DEBIAN_PATH}); {INSTALL_HINT}."
+        if root:
+            missing = _not_in_root(root)
+            hint = (
+                f"put them there, or leave data.root unset to use $MIMKD_DATA or {DEBIAN_PATH} "
+                "(apt-get install dataset-fashion-mnist)"
             )
-        folder = _download(default_download_root(root))
+        else:
+            missing = f"Fashion-MNIST IDX files not found in $MIMKD_DATA or {DEBIAN_PATH}"
+            hint = INSTALL_HINT
+        if not download:
+            raise DataError(f"{missing}; {hint}.")
+        folder = _download(default_download_root(root), missing, hint)
     train, test = read_idx_folder(folder)
     return DatasetBundle(
         name="fashion_mnist",
@@ -132,4 +168,5 @@ def fashion_mnist(root=None, download=True, **_) -> DatasetBundle:
         std=(0.3530,),
         classes=list(FASHION_CLASSES),
         source=str(folder),
+        files=describe_files([_file(folder, name) for name in FILES.values()]),
     )

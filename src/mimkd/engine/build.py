@@ -21,10 +21,16 @@ from torch import nn
 
 from mimkd.config import RunConfig, config_to_dict
 from mimkd.data import DatasetBundle, load_dataset, make_loader
-from mimkd.distillers import DistillerContext, create_distiller, method_info
+from mimkd.distillers import (
+    DistillerContext,
+    create_distiller,
+    method_config_class,
+    method_info,
+)
 from mimkd.engine.checkpoint import seed_everything
 from mimkd.engine.distributed import init_distributed
 from mimkd.engine.fast import prepare_frozen_teacher
+from mimkd.engine.rundir import RunFolder, claim_run_folder
 from mimkd.engine.trainer import RunParts, evaluate
 from mimkd.errors import ConfigError, MimkdError, ShapeError
 from mimkd.models import create_model
@@ -54,8 +60,11 @@ def device_description(device: torch.device) -> str:
 
 
 def new_run_dir(config: RunConfig) -> Path:
+    """run_dir when given, else a new out_dir/<name>/<timestamp>."""
     if config.run_dir:
         return Path(config.run_dir)
+    if config.resume:
+        raise ConfigError("resume=true needs the run's folder: run_dir=PATH (or --resume PATH).")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     name = config.name or f"{config.method}_{config.model.name.replace(':', '-')}"
     return Path(config.out_dir) / name / stamp
@@ -69,7 +78,11 @@ def build_run(
     teacher: nn.Module | None = None,
     dataset: DatasetBundle | None = None,
 ) -> RunParts:
-    """Assemble a run from its config; modules and a dataset passed in are used as they are."""
+    """Assemble a run from its config; modules and a dataset passed in are used as they are.
+
+    The run folder is claimed first (locked, checked: see `mimkd.engine.rundir`), so a folder the
+    run may not use is refused before any data is read; `Trainer.fit` releases it.
+    """
     distributed = init_distributed()
     seed_everything(config.seed)
     if config.deterministic:
@@ -81,108 +94,127 @@ def build_run(
             f"method {config.method!r} compares samples within a batch and needs "
             f"data.batch_size >= {info.min_batch_size}; got {config.data.batch_size}."
         )
-    if dataset is None:
-        dataset = load_dataset(
-            config.data.name,
-            root=config.data.root,
-            download=config.data.download,
-            image_size=config.data.image_size,
-            channels=config.data.channels,
-            train_subset=config.data.train_subset,
-            test_subset=config.data.test_subset,
+    if method_config is None:
+        method_config = method_config_class(config.method)()
+    recorded_config = config_to_dict(config, method_config)
+    run_dir = distributed.broadcast_path(new_run_dir(config))  # every rank uses rank 0's folder
+    folder = None
+    if distributed.is_main:
+        folder = claim_run_folder(run_dir, resume=config.resume, config=recorded_config)
+    with _abandoned_on_failure(folder):
+        if dataset is None:
+            dataset = load_dataset(
+                config.data.name,
+                root=config.data.root,
+                download=config.data.download,
+                image_size=config.data.image_size,
+                channels=config.data.channels,
+                train_subset=config.data.train_subset,
+                test_subset=config.data.test_subset,
+                augment=config.data.augment,
+            )
+        channels, height, width = dataset.image_shape
+        sample_input = torch.zeros(2, channels, height, width)
+
+        if student is None:
+            weights = {"weights": config.model.weights} if config.model.weights else {}
+            student = create_model(
+                config.model.name, num_classes=dataset.num_classes, in_channels=channels, **weights
+            )
+        teacher, teacher_record = _teacher(config, info, teacher, dataset)
+        if teacher is not None:
+            _check_classes(teacher, sample_input, dataset.num_classes, "teacher")
+        _check_classes(student, sample_input, dataset.num_classes, "student")
+
+        # a last batch too small for the method's negatives is dropped; otherwise every image is used
+        remainder = (len(dataset.train) // distributed.world_size) % config.data.batch_size
+        train_loader = make_loader(
+            dataset.train,
+            config.data.batch_size,
+            mean=dataset.mean,
+            std=dataset.std,
+            device=device,
+            train=True,
             augment=config.data.augment,
+            seed=config.seed,
+            num_workers=config.data.num_workers,
+            drop_last=0 < remainder < info.min_batch_size,
+            rank=distributed.rank,
+            world_size=distributed.world_size,
+            channels_last=config.channels_last,
         )
-    channels, height, width = dataset.image_shape
-    sample_input = torch.zeros(2, channels, height, width)
-
-    if student is None:
-        weights = {"weights": config.model.weights} if config.model.weights else {}
-        student = create_model(
-            config.model.name, num_classes=dataset.num_classes, in_channels=channels, **weights
+        test_loader = make_loader(
+            dataset.test,
+            config.data.eval_batch_size,
+            mean=dataset.mean,
+            std=dataset.std,
+            device=device,
+            train=False,
+            num_workers=config.data.num_workers,
+            channels_last=config.channels_last,
         )
-    teacher, teacher_record = _teacher(config, info, teacher, dataset)
-    if teacher is not None:
-        _check_classes(teacher, sample_input, dataset.num_classes, "teacher")
-    _check_classes(student, sample_input, dataset.num_classes, "student")
+        if teacher is not None and teacher_record["teacher_accuracy"] is None:
+            teacher_record["teacher_accuracy"] = evaluate(
+                teacher.to(device), test_loader, contextlib.nullcontext
+            )["top1"]
 
-    # a last batch too small for the method's negatives is dropped; otherwise every image is used
-    remainder = (len(dataset.train) // distributed.world_size) % config.data.batch_size
-    train_loader = make_loader(
-        dataset.train,
-        config.data.batch_size,
-        mean=dataset.mean,
-        std=dataset.std,
-        device=device,
-        train=True,
-        augment=config.data.augment,
-        seed=config.seed,
-        num_workers=config.data.num_workers,
-        drop_last=0 < remainder < info.min_batch_size,
-        rank=distributed.rank,
-        world_size=distributed.world_size,
-        channels_last=config.channels_last,
-    )
-    test_loader = make_loader(
-        dataset.test,
-        config.data.eval_batch_size,
-        mean=dataset.mean,
-        std=dataset.std,
-        device=device,
-        train=False,
-        num_workers=config.data.num_workers,
-        channels_last=config.channels_last,
-    )
-    if teacher is not None and teacher_record["teacher_accuracy"] is None:
-        teacher_record["teacher_accuracy"] = evaluate(
-            teacher.to(device), test_loader, contextlib.nullcontext
-        )["top1"]
+        context = DistillerContext(
+            num_classes=dataset.num_classes,
+            sample_input=sample_input,
+            num_train_samples=len(dataset.train),
+            total_epochs=config.epochs,
+        )
+        distiller = create_distiller(config.method, student, teacher, context, method_config)
+        if distiller.teacher is not None and config.fast_teacher:
+            # after the distiller registered its taps: the fold leaves every hooked value as it was
+            prepare_frozen_teacher(distiller.teacher)
 
-    context = DistillerContext(
-        num_classes=dataset.num_classes,
-        sample_input=sample_input,
-        num_train_samples=len(dataset.train),
-        total_epochs=config.epochs,
-    )
-    distiller = create_distiller(config.method, student, teacher, context, method_config)
-    if distiller.teacher is not None and config.fast_teacher:
-        # after the distiller registered its taps: the fold leaves every hooked value as it was
-        prepare_frozen_teacher(distiller.teacher)
+        record = {
+            "title": f"{config.method}: {config.model.name} on {dataset.name}",
+            "method": config.method,
+            "model_name": config.model.name,
+            "student": config.model.name,
+            "student_parameters": sum(p.numel() for p in student.parameters()),
+            "extra_parameters": distiller.extra_parameter_count(),
+            "num_classes": dataset.num_classes,
+            "class_names": [str(name) for name in dataset.classes],
+            "in_channels": channels,
+            "image_shape": [channels, height, width],
+            "mean": [float(value) for value in dataset.mean],
+            "std": [float(value) for value in dataset.std],
+            "dataset": f"{dataset.name} ({len(dataset.train)} train / {len(dataset.test)} test, "
+            f"{channels}x{height}x{width})",
+            "dataset_name": dataset.name,
+            "data_source": str(dataset.source),
+            "data_files": list(dataset.files),
+            "config": recorded_config,
+            **teacher_record,
+            "device": device_description(device),
+            "torch": str(torch.__version__),
+        }
+        return RunParts(
+            config=config,
+            distiller=distiller,
+            train_loader=train_loader,
+            test_loader=test_loader,
+            run_dir=run_dir,
+            device=device,
+            method_config=distiller.config,
+            distributed=distributed,
+            record=record,
+            folder=folder,
+        )
 
-    run_dir = Path(config.run_dir) if config.resume else new_run_dir(config)
-    run_dir = distributed.broadcast_path(run_dir)  # every rank writes into rank 0's folder
-    record = {
-        "title": f"{config.method}: {config.model.name} on {dataset.name}",
-        "method": config.method,
-        "model_name": config.model.name,
-        "student": config.model.name,
-        "student_parameters": sum(p.numel() for p in student.parameters()),
-        "extra_parameters": distiller.extra_parameter_count(),
-        "num_classes": dataset.num_classes,
-        "class_names": [str(name) for name in dataset.classes],
-        "in_channels": channels,
-        "image_shape": [channels, height, width],
-        "mean": [float(value) for value in dataset.mean],
-        "std": [float(value) for value in dataset.std],
-        "dataset": f"{dataset.name} ({len(dataset.train)} train / {len(dataset.test)} test, "
-        f"{channels}x{height}x{width})",
-        "dataset_name": dataset.name,
-        "data_source": str(dataset.source),
-        "config": config_to_dict(config, distiller.config),
-        **teacher_record,
-        "device": device_description(device),
-        "torch": str(torch.__version__),
-    }
-    return RunParts(
-        config=config,
-        distiller=distiller,
-        train_loader=train_loader,
-        test_loader=test_loader,
-        run_dir=run_dir,
-        device=device,
-        method_config=distiller.config,
-        distributed=distributed,
-        record=record,
-    )
+
+@contextlib.contextmanager
+def _abandoned_on_failure(folder: RunFolder | None):
+    """A run that fails while being assembled leaves its folder as it found it (unlocked)."""
+    try:
+        yield
+    except BaseException:
+        if folder is not None:
+            folder.abandon()
+        raise
 
 
 def _teacher(config: RunConfig, info, teacher: nn.Module | None, dataset: DatasetBundle):

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import matplotlib
+
+from mimkd.engine.checkpoint import atomic_write, atomic_write_text
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_curves(histories: dict[str, list[dict]], path: str | Path, title: str = "") -> None:
+def plot_curves(
+    histories: dict[str, list[dict]], path: str | Path | BinaryIO, title: str = ""
+) -> None:
     """Test accuracy, train loss and any MI bounds per epoch, one line per run."""
     has_bounds = any(k.startswith("bound_") for h in histories.values() for r in h for k in r)
     panels = 3 if has_bounds else 2
@@ -52,7 +56,7 @@ def plot_curves(histories: dict[str, list[dict]], path: str | Path, title: str =
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=110, format="png")
     plt.close(figure)
 
 
@@ -68,9 +72,13 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def write_run_report(run_dir: str | Path, results: dict, history: list[dict]) -> None:
+    """curves.png, report.md, then results.json: each written atomically, results.json last, so
+    a run whose results.json exists has a whole report (a kill before it: resuming rewrites all)."""
     run_dir = Path(run_dir)
-    plot_curves({results["method"]: history}, run_dir / "curves.png", title=results["title"])
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    atomic_write(
+        run_dir / "curves.png",
+        lambda file: plot_curves({results["method"]: history}, file, title=results["title"]),
+    )
     summary = [
         ["method", results["method"]],
         ["student", f"{results['student']} ({results['student_parameters']:,} parameters)"],
@@ -82,6 +90,7 @@ def write_run_report(run_dir: str | Path, results: dict, history: list[dict]) ->
         ],
         ["teacher SHA-256", results.get("teacher_sha256") or "-"],
         ["dataset", results["dataset"]],
+        ["data files", _data_files(results)],
         ["best test top-1 (epoch)", f"{results['best_accuracy']:.4f} ({results['best_epoch']})"],
         ["last test top-1", f"{results['last_accuracy']:.4f}"],
         ["wall time", f"{results['wall_seconds']:.1f} s"],
@@ -110,4 +119,16 @@ def write_run_report(run_dir: str | Path, results: dict, history: list[dict]) ->
             "`last.pt` / `best.pt` (checkpoints, resumable), `results.json`.",
         ]
     )
-    (run_dir / "report.md").write_text(text + "\n")
+    atomic_write_text(run_dir / "report.md", text + "\n")
+    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
+
+
+def _data_files(results: dict) -> str:
+    """The files the data came from, with their SHA-256 (first 12 hex digits here)."""
+    files = results.get("data_files") or []
+    if not files:
+        return results.get("data_source") or "-"
+    return ", ".join(
+        f"{file['path']} ({file['sha256'][:12]})" if file.get("sha256") else str(file["path"])
+        for file in files
+    )

@@ -2,6 +2,13 @@
 
 Per step there is no host sync: losses, accuracy and method metrics accumulate in device tensors
 that are read once per `log_every` steps (progress bar, NaN check) and at the end of each epoch.
+
+What a kill leaves, and what resuming does with it (README "Reliability"): every file is written
+atomically (`atomic_write`), so each is whole, old or new. Per epoch the trainer logs the epoch's
+record, then writes last.pt, then best.pt. Resuming reads last.pt, drops the metrics logged past
+its step (that work is done again), rebuilds best.pt from last.pt when a kill fell between the two,
+deletes our temp files and any report older than the checkpoint. So metrics.jsonl holds each epoch
+once, best.pt agrees with results.json, and the weights end bit-identical to an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -21,13 +28,29 @@ from tqdm.auto import tqdm
 
 from mimkd.config import RunConfig
 from mimkd.distillers.base import Distiller, StepOutput
-from mimkd.engine.checkpoint import capture_rng_state, restore_rng_state
+from mimkd.engine.checkpoint import (
+    atomic_write_text,
+    capture_rng_state,
+    remove_temp_files,
+    restore_rng_state,
+    write_checkpoint,
+)
 from mimkd.engine.distributed import DistributedContext
 from mimkd.engine.fast import CompiledOrEager, resolve_compile, resolve_precision, uses_cuda_graphs
 from mimkd.engine.optim import build_optimizer, build_scheduler
 from mimkd.engine.report import write_run_report
-from mimkd.errors import CheckpointError, MimkdError, TrainingDivergedError
-from mimkd.serialization import CHECKPOINT_FORMAT, atomic_save, load_checkpoint
+from mimkd.engine.rundir import (
+    REPORT_FILES,
+    RESTART,
+    RESUME,
+    RUN_FILES,
+    RunFolder,
+    claim_run_folder,
+    run_folder_writes,
+    trim_metrics,
+)
+from mimkd.errors import CheckpointError, TrainingDivergedError
+from mimkd.serialization import CHECKPOINT_FORMAT, load_checkpoint
 
 # recorded in checkpoints, not repeated in results.json
 _NOT_IN_RESULTS = ("config", "class_names", "mean", "std", "model_name", "in_channels")
@@ -109,6 +132,16 @@ class RunParts:
     distributed: DistributedContext = field(default_factory=DistributedContext)
     # what the run records about itself (checkpoints, results.json, report.md)
     record: dict[str, Any] = field(default_factory=dict)
+    # the run folder, claimed by `build_run` (None: `Trainer.fit` claims it)
+    folder: RunFolder | None = None
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `fit`: still a KeyboardInterrupt, carrying the folder to resume."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(str(run_dir))
+        self.run_dir = str(run_dir)
 
 
 class Trainer:
@@ -158,7 +191,9 @@ class Trainer:
         self.step = 0
         self.best_accuracy = -1.0
         self.best_epoch = 0
+        self.saved_epoch = 0  # the epoch last.pt holds (0: none written or resumed yet)
         self.history: list[dict] = []
+        self.folder: RunFolder | None = None
         self.metrics_file = self.run_dir / "metrics.jsonl"
         self.tensorboard = None
         self._epoch_tensor = torch.zeros((), device=device)
@@ -189,14 +224,22 @@ class Trainer:
         }
 
     def save(self, is_best: bool) -> None:
-        if not self.distributed.is_main:
-            return
-        state = self.state_dict()
-        atomic_save(state, self.run_dir / "last.pt")
-        if is_best:
-            atomic_save(state, self.run_dir / "best.pt")
+        """last.pt, then best.pt. last.pt first: it is what resuming reads, and a best.pt left
+        behind by a kill between the two is rebuilt from it (`_repair_best`); the other order
+        would leave best.pt ahead of a last.pt whose re-run epoch must reproduce it exactly."""
+        if self.distributed.is_main:
+            state = self.state_dict()
+            self._write_checkpoint(state, "last.pt")
+            if is_best:
+                self._write_checkpoint(state, "best.pt")
+        self.saved_epoch = self.epoch
 
-    def resume(self, path: str | Path) -> None:
+    def _write_checkpoint(self, state: dict, name: str) -> None:
+        with run_folder_writes(self.run_dir, self.run_dir / name):
+            write_checkpoint(state, self.run_dir / name)
+
+    def resume(self, path: str | Path) -> dict:
+        """Load every piece of training state from a checkpoint; return the checkpoint."""
         state = load_checkpoint(path, map_location=self.device)
         if state.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(
@@ -219,13 +262,33 @@ class Trainer:
         self.step = state["step"]
         self.best_accuracy = state["best_accuracy"]
         self.best_epoch = state["best_epoch"]
+        self.saved_epoch = self.epoch
         self.history = list(state["history"])
+        return state
+
+    def _repair_best(self, state: dict) -> None:
+        """A kill between last.pt and best.pt leaves best.pt one epoch behind a last.pt that
+        records itself as the best epoch: write best.pt from last.pt's state."""
+        if state["best_epoch"] != state["epoch"]:
+            return
+        best = self.run_dir / "best.pt"
+        if best.is_file():
+            try:
+                if load_checkpoint(best)["step"] == state["step"]:
+                    return
+            except (CheckpointError, KeyError, TypeError):
+                pass  # unreadable: rewrite it
+        self._write_checkpoint(state, "best.pt")
 
     # ---- logging -----------------------------------------------------------------------------
     def _log(self, record: dict) -> None:
         if not self.distributed.is_main:
             return
-        with open(self.metrics_file, "a") as file:
+        # appended, not rewritten: a kill cuts at most the last line, which resuming drops
+        with (
+            run_folder_writes(self.run_dir, self.metrics_file),
+            open(self.metrics_file, "a") as file,
+        ):
             file.write(json.dumps(record) + "\n")
         if self.tensorboard is not None and record.get("kind") == "epoch":
             for key, value in record.items():
@@ -243,31 +306,87 @@ class Trainer:
                 return
             self.tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
 
-    # ---- the loop ----------------------------------------------------------------------------
-    def _open_run(self) -> None:
-        """Resume when asked (before anything in the folder is touched), then record the config."""
-        last = self.run_dir / "last.pt"
-        if self.config.resume:
-            if not last.is_file():
-                raise MimkdError(
-                    f"cannot resume: {last} does not exist; pass the folder of an earlier run "
-                    "(run_dir=... or --resume RUN_DIR)."
-                )
-            self.resume(last)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.distributed.is_main and "config" in self.record:
-            config = {**self.record["config"], "resume": False, "run_dir": str(self.run_dir)}
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    # ---- the run folder ----------------------------------------------------------------------
+    def _recorded_config(self) -> dict | None:
+        """config.yaml's content: the config that reproduces this run."""
+        if "config" not in self.record:
+            return None
+        return {**self.record["config"], "resume": False, "run_dir": str(self.run_dir)}
 
+    def _claim_folder(self) -> RunFolder | None:
+        """The folder `build_run` claimed, else claim it now (only the main process owns it)."""
+        if not self.distributed.is_main:
+            return None
+        folder = self.parts.folder
+        if folder is None or not folder.held:
+            folder = claim_run_folder(
+                self.run_dir, resume=self.config.resume, config=self._recorded_config()
+            )
+        return folder
+
+    def _release_folder(self) -> None:
+        if self.folder is not None:
+            self.folder.release()
+
+    def _open_run(self) -> None:
+        """Claim the folder, resume (reading before anything in the folder is written), tidy
+        what a kill left there, then record the config."""
+        self.folder = self._claim_folder()
+        last = self.run_dir / "last.pt"
+        if self.folder is not None:
+            plan = self.folder.plan
+        else:  # other processes of a distributed run follow the main one's folder
+            plan = RESUME if self.config.resume and last.is_file() else RESTART
+        try:
+            state = self.resume(last) if plan == RESUME else None
+            if self.folder is not None:
+                with run_folder_writes(self.run_dir):
+                    self._tidy_folder(state)
+                    config = self._recorded_config()
+                    if config is not None:
+                        atomic_write_text(
+                            self.run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False)
+                        )
+        except BaseException:
+            self._release_folder()
+            raise
+
+    def _tidy_folder(self, state: dict | None) -> None:
+        """Make the folder what an uninterrupted run would hold at the resumed step."""
+        remove_temp_files(self.run_dir, RUN_FILES)
+        # step 0 (a new run, or one killed before its first checkpoint) keeps no record
+        trim_metrics(self.metrics_file, self.step)
+        if state is not None:
+            self._repair_best(state)
+        if self._training_left():
+            # results.json and report.md describe a finished run; this one trains on
+            for name in REPORT_FILES:
+                (self.run_dir / name).unlink(missing_ok=True)
+
+    def _total_steps(self) -> int:
+        total = self.config.epochs * len(self.train_loader)
+        return min(total, self.config.max_steps) if self.config.max_steps else total
+
+    def _training_left(self) -> bool:
+        return self.epoch < self.config.epochs and self.step < self._total_steps()
+
+    # ---- the loop ----------------------------------------------------------------------------
     def fit(self) -> TrainResult:
-        """Train to the end (resuming first if the config says so), then write the report."""
+        """Train to the end (resuming first if the config says so), then write the report.
+
+        The run folder is locked from the start to the end of `fit`, on every way out."""
         self._open_run()
+        try:
+            return self._fit()
+        except KeyboardInterrupt:
+            raise RunInterrupted(self.run_dir) from None
+        finally:
+            self._release_folder()
+
+    def _fit(self) -> TrainResult:
         self._open_tensorboard()
         start = time.perf_counter()
-        steps_per_epoch = len(self.train_loader)
-        total_steps = self.config.epochs * steps_per_epoch
-        if self.config.max_steps:
-            total_steps = min(total_steps, self.config.max_steps)
+        total_steps = self._total_steps()
         bar = tqdm(
             total=total_steps,
             initial=min(self.step, total_steps),
@@ -296,7 +415,8 @@ class Trainer:
             "run_dir": str(self.run_dir),
         }
         if self.distributed.is_main and self.record:
-            write_run_report(self.run_dir, results, self.history)
+            with run_folder_writes(self.run_dir):
+                write_run_report(self.run_dir, results, self.history)
         return TrainResult(
             best_accuracy=self.best_accuracy,
             last_accuracy=last,
@@ -404,9 +524,16 @@ class Trainer:
         return now
 
     def _check_finite(self, loss: float) -> None:
-        if not math.isfinite(loss):
-            raise TrainingDivergedError(
-                f"the loss became {loss} at step {self.step} (epoch {self.epoch + 1}); the last good "
-                f"checkpoint is {self.run_dir / 'last.pt'}. Lower optim.lr or the method's loss weights, "
-                "then resume or rerun."
+        if math.isfinite(loss):
+            return
+        if self.saved_epoch:
+            kept = (
+                f"the last good checkpoint is {self.run_dir / 'last.pt'} (epoch {self.saved_epoch})"
             )
+        else:
+            kept = "no checkpoint was written yet"
+        # not "resume": a resumed run keeps the checkpoint's learning rate and schedule
+        raise TrainingDivergedError(
+            f"the loss became {loss} at step {self.step} (epoch {self.epoch + 1}); {kept}. Lower "
+            "optim.lr or the method's loss weights and rerun in a new run_dir."
+        )
