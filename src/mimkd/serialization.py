@@ -22,7 +22,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -186,11 +186,18 @@ def check_output_target(path: str | Path, what: str = "output") -> Path:
     return path
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None], what: str = "output") -> Path:
-    """Have `write(temp_path)` write the file beside `path`, fsync it, then rename it over `path`.
+def atomic_write(
+    path: str | Path,
+    write: Callable[[BinaryIO], None],
+    what: str = "output",
+    check: Callable[[Path], None] | None = None,
+) -> Path:
+    """Have `write(file)` fill a temp file beside `path`, fsync it, let `check(temp_path)` inspect
+    it, then rename it over `path`.
 
-    A crash, a full disk or a failing writer leaves the old file (or nothing) and no temp file: a
-    half-written file never replaces a good one. Disk errors become one-line `OutputPathError`s.
+    A crash, a full disk, a failing writer or a failing check leaves the old file (or nothing) and
+    no temp file: a half-written file never replaces a good one. Writers write to a Python file
+    object, so disk errors surface as OSError and become one-line `OutputPathError`s.
     """
     path = check_output_target(path, what)
     try:
@@ -200,12 +207,14 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], what: str = "o
         )
     except OSError as error:
         raise _write_error(path, error, what) from None
-    os.close(handle)
     temp = Path(temp_name)
     try:
-        write(temp)
-        with open(temp, "rb+") as file:
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+            file.flush()
             os.fsync(file.fileno())
+        if check is not None:
+            check(temp)
         # checked again: the target may have become a special file while we wrote
         check_output_target(path, what)
         os.replace(temp, path)
@@ -255,7 +264,7 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     """`torch.save` through `atomic_write` (creating the folder: runs own theirs)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda temp: torch.save(obj, temp), "checkpoint")
+    atomic_write(path, lambda file: torch.save(obj, file), "checkpoint")
 
 
 __all__ = [

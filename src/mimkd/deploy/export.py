@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from torch import nn
@@ -99,8 +100,10 @@ def export_model(
 
     measured: dict[str, float] = {}
 
-    def write_and_check(temp: Path) -> None:
-        WRITERS[format](model, card, temp)
+    def write(file: BinaryIO) -> None:
+        file.write(WRITERS[format](model, card))
+
+    def check(temp: Path) -> None:
         exported = open_model(temp)
         difference = float((exported(images) - expected).abs().max())
         measured["diff"] = difference
@@ -110,7 +113,7 @@ def export_model(
                 f"{difference:.2e} > {TOLERANCE:g}); nothing was written. Please report this model."
             )
 
-    atomic_write(target, write_and_check, "--out")
+    atomic_write(target, write, "--out", check)
     result = ExportResult(
         path=target,
         format=format,
@@ -150,8 +153,12 @@ def _example(card: ModelCard) -> torch.Tensor:
     return torch.zeros(2, *card.input_shape)
 
 
-def write_safetensors(model: nn.Module, card: ModelCard, target: Path) -> None:
-    from safetensors.torch import save_file
+# Each writer returns the file's bytes: the caller writes them with Python's file API, whose
+# errors (a full disk) are OSErrors, where the libraries' own writers raise their own types.
+
+
+def write_safetensors(model: nn.Module, card: ModelCard) -> bytes:
+    from safetensors.torch import save
 
     state = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
     metadata = {
@@ -161,10 +168,10 @@ def write_safetensors(model: nn.Module, card: ModelCard, target: Path) -> None:
         "num_classes": str(card.num_classes),
         "image_shape": "x".join(map(str, card.input_shape)),
     }
-    save_file(state, str(target), metadata=metadata)
+    return save(state, metadata=metadata)
 
 
-def write_pt2(model: nn.Module, card: ModelCard, target: Path) -> None:
+def write_pt2(model: nn.Module, card: ModelCard) -> bytes:
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     try:
         program = torch.export.export(model, (_example(card),), dynamic_shapes=({0: batch},))
@@ -173,12 +180,14 @@ def write_pt2(model: nn.Module, card: ModelCard, target: Path) -> None:
             f"torch.export cannot trace {card.architecture!r} ({_first_line(error)}); "
             "try --format onnx or safetensors."
         ) from None
-    torch.export.save(program, str(target), extra_files={CARD_FILE: card.to_json()})
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer, extra_files={CARD_FILE: card.to_json()})
+    return buffer.getvalue()
 
 
-def write_onnx(model: nn.Module, card: ModelCard, target: Path) -> None:
+def write_onnx(model: nn.Module, card: ModelCard) -> bytes:
     try:
-        import onnx
+        import onnx  # noqa: F401  (the exporter needs it; say so before tracing)
     except ImportError:
         raise ExportError(
             'ONNX export needs the onnx package: pip install "mimkd[export]".'
@@ -204,7 +213,7 @@ def write_onnx(model: nn.Module, card: ModelCard, target: Path) -> None:
         ) from None
     proto = program.model_proto
     set_onnx_card(proto, card)
-    onnx.save(proto, str(target))
+    return proto.SerializeToString()
 
 
 def set_onnx_card(proto, card: ModelCard) -> None:
@@ -251,15 +260,15 @@ def quantize_onnx(
         def get_next(self):
             return next(self.batches, None)
 
-    def write(temp: Path) -> None:
+    try:
         with tempfile.TemporaryDirectory() as scratch:
             # shape inference and graph clean-up, as onnxruntime advises before quantising
-            prepared = Path(scratch) / "prepared.onnx"
+            prepared, quantized = Path(scratch) / "prepared.onnx", Path(scratch) / "int8.onnx"
             quant_pre_process(str(fp32_path), str(prepared))
             if mode == "static":
                 quantize_static(
                     str(prepared),
-                    str(temp),
+                    str(quantized),
                     Batches(calibration),
                     quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8,
@@ -267,18 +276,19 @@ def quantize_onnx(
                     per_channel=True,
                 )
             else:
-                quantize_dynamic(str(prepared), str(temp), weight_type=QuantType.QInt8)
-        measured["accuracy"] = accuracy_of(open_model(temp), bundle, data)
-        proto = onnx.load(str(temp))
-        int8_card = dataclasses.replace(
-            card, precision=f"int8 {mode}", accuracy=measured["accuracy"]
-        )
-        set_onnx_card(proto, int8_card)
-        onnx.save(proto, str(temp))
-
-    measured: dict[str, float] = {}
-    atomic_write(target, write, "int8 output")
-    return measured["accuracy"]
+                quantize_dynamic(str(prepared), str(quantized), weight_type=QuantType.QInt8)
+            accuracy = accuracy_of(open_model(quantized), bundle, data)
+            proto = onnx.load(str(quantized))
+    except MimkdError:
+        raise
+    except Exception as error:  # the quantiser raises many types (unsupported graphs, disk)
+        raise ExportError(
+            f"onnxruntime could not quantise {fp32_path} ({_first_line(error)}); the fp32 "
+            "export is written, use it, or try --int8 dynamic."
+        ) from None
+    set_onnx_card(proto, dataclasses.replace(card, precision=f"int8 {mode}", accuracy=accuracy))
+    atomic_write(target, lambda file: file.write(proto.SerializeToString()), "int8 output")
+    return accuracy
 
 
 def _first_line(error: Exception) -> str:
