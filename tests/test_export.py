@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import stat
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -359,3 +361,59 @@ def test_corrupt_foreign_or_empty_model_files(checkpoint, exports, tmp_path, cap
     assert "state_dict" in line
     _one_line_exit_2(capsys, ["eval", str(tmp_path / "foreign.onnx")], "without mimkd's metadata")
     _one_line_exit_2(capsys, ["eval", str(tmp_path / "empty.pt")], "empty")
+
+
+class _WritesMarker:
+    """Unpickling this would call os.system: the payload a poisoned file carries."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _rewrite_archive(source: Path, target: Path, replace) -> None:
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w") as copy:
+        for info in original.infolist():
+            copy.writestr(info, replace(info.filename, original.read(info)))
+
+
+def test_a_pt2_archive_that_would_run_code_is_refused(exports, tmp_path, capsys):
+    # torch.export.load unpickles weights flagged `use_pickle` with weights_only=False: a .pt2
+    # can carry code. Flag the first weight and put the payload in its place.
+    marker = tmp_path / "code_ran"
+    payload = io.BytesIO()
+    torch.save(_WritesMarker(marker), payload)
+    flagged = {}
+
+    def poison(name: str, data: bytes) -> bytes:
+        if name.endswith("model_weights_config.json"):
+            config = json.loads(data)
+            first = next(iter(config["config"].values()))
+            first["use_pickle"], flagged["file"] = True, first["path_name"]
+            return json.dumps(config).encode()
+        return data
+
+    step = tmp_path / "step.pt2"
+    _rewrite_archive(exports["pt2"], step, poison)
+    poisoned = tmp_path / "poisoned.pt2"
+    _rewrite_archive(
+        step,
+        poisoned,
+        lambda name, data: (
+            payload.getvalue() if name.endswith(f"data/weights/{flagged['file']}") else data
+        ),
+    )
+    line = _one_line_exit_2(capsys, ["eval", str(poisoned)], "pickled Python objects")
+    assert "posix.system" in line or "os.system" in line
+    _one_line_exit_2(capsys, ["predict", str(poisoned), str(tmp_path / "x.png")])
+    assert not marker.exists()
+    # an archive with a pickled-object constant is refused before torch reads it
+    opaque = tmp_path / "opaque.pt2"
+    _rewrite_archive(exports["pt2"], opaque, lambda name, data: data)
+    with zipfile.ZipFile(opaque, "a") as archive:
+        root = archive.namelist()[0].split("/")[0]
+        archive.writestr(f"{root}/data/constants/opaque_obj_0", payload.getvalue())
+    _one_line_exit_2(capsys, ["eval", str(opaque)], "pickled objects")
+    assert not marker.exists()

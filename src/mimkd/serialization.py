@@ -107,16 +107,22 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def _load_error(path: Path, error: Exception) -> CheckpointError:
     # torch's own text advises retrying with weights_only=False, which must never be the advice
-    blocked = re.search(r"GLOBAL ([\w.]+)", str(error))
-    if blocked:
-        return CheckpointError(
-            f"{str(path)!r} holds pickled Python objects ({blocked.group(1)}), which mimkd never "
-            "loads because unpickling them can run code; save a state_dict instead "
-            "(torch.save(model.state_dict(), PATH)) and pass that."
-        )
+    if re.search(r"GLOBAL ([\w.]+)", str(error)):
+        return pickled_objects_error(path, error)
     return CheckpointError(
         f"{str(path)!r} is corrupt or not a model file ({type(error).__name__}); pass a checkpoint, "
         "state_dict, .safetensors, .onnx or .pt2 file, or copy the file again."
+    )
+
+
+def pickled_objects_error(path: Path, error: Exception) -> CheckpointError:
+    """The refusal of a file whose pickle names Python objects (code) beyond plain data."""
+    blocked = re.search(r"GLOBAL ([\w.]+)", str(error))
+    named = f" ({blocked.group(1)})" if blocked else ""
+    return CheckpointError(
+        f"{str(path)!r} holds pickled Python objects{named}, which mimkd never loads because "
+        "unpickling them can run code; save a state_dict instead "
+        "(torch.save(model.state_dict(), PATH)) and pass that."
     )
 
 
@@ -276,6 +282,7 @@ __all__ = [
     "check_output_target",
     "check_readable_file",
     "load_checkpoint",
+    "pickled_objects_error",
     "read_json_metadata",
     "read_safetensors",
     "sha256_of",

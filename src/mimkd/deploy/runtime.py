@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,12 @@ from mimkd.deploy.card import CARD_FILE, CARD_KEY, ModelCard, card_for_checkpoin
 from mimkd.engine.evaluate import eval_data_config
 from mimkd.errors import CheckpointError, MimkdError
 from mimkd.models.loading import LoadedModel, load_model
-from mimkd.serialization import check_readable_file, sha256_of, sniff_format
+from mimkd.serialization import (
+    check_readable_file,
+    pickled_objects_error,
+    sha256_of,
+    sniff_format,
+)
 
 # RepDistiller's teachers are all CIFAR-100 models: their files name no dataset
 REPDISTILLER_DATASET = "cifar100"
@@ -181,6 +187,8 @@ def load_exported_program(file: Path) -> tuple[torch.export.ExportedProgram, Mod
         with _weights_only_everywhere():
             program = torch.export.load(str(file), extra_files=extra)
     except Exception as error:  # torch raises many types for damaged archives
+        if isinstance(error, pickle.UnpicklingError):
+            raise pickled_objects_error(file, error) from None
         raise CheckpointError(
             f"{str(file)!r} is a corrupt or unsupported .pt2 archive ({type(error).__name__}); "
             "export it again."
