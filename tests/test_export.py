@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -132,9 +133,12 @@ def test_export_holds_the_student_only(checkpoint, idx_folder, tmp_path):
     record = torch.load(run / "best.pt", weights_only=True)
     assert record["distiller"], "the MIMKD run should hold critic tensors to leave out"
     student = record["model"]
+    teacher_sha256 = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     for format in FORMATS:
         path = tmp_path / f"s.{format}"
         assert main(["export", str(run / "best.pt"), "--format", format, "--out", str(path)]) == 0
+        card = _card_written_in(path, format)
+        assert card["method"] == "mimkd" and card["teacher_sha256"] == teacher_sha256
         if format == "safetensors":
             with safe_open(str(path), framework="pt") as file:
                 assert set(file.keys()) == set(student)  # noqa: SIM118
