@@ -86,7 +86,11 @@ def test_each_format_round_trips_with_its_card(checkpoint, exports):
     with torch.no_grad():
         expected = _student(checkpoint)(batch)
     record = torch.load(checkpoint, weights_only=True)
+    umask = os.umask(0)
+    os.umask(umask)
     for format, path in exports.items():
+        # written through a temp file, yet with a new file's usual permissions
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
         got = open_model(path)(batch)
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=0, msg=format)
         card = _card_written_in(path, format)

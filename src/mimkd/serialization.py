@@ -219,6 +219,7 @@ def atomic_write(
             write(file)
             file.flush()
             os.fsync(file.fileno())
+        os.chmod(temp, _file_mode(path))
         if check is not None:
             check(temp)
         # checked again: the target may have become a special file while we wrote
@@ -232,6 +233,15 @@ def atomic_write(
         raise
     _fsync_folder(path.parent)
     return path
+
+
+def _file_mode(path: Path) -> int:
+    """The replaced file's permissions, or a new file's (mkstemp's are 0600, owner-only)."""
+    if path.exists():
+        return stat.S_IMODE(os.stat(path).st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _write_error(path: Path, error: OSError, what: str) -> OutputPathError:
