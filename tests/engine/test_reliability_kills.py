@@ -109,7 +109,7 @@ def _snapshot(run_dir: Path) -> dict[str, bytes]:
 
 
 def _temp_files(run_dir: Path) -> list[str]:
-    return sorted(p.name for p in run_dir.glob(".*.tmp"))
+    return sorted(p.name for p in run_dir.glob(".*.tmp*"))
 
 
 def _assert_equal_tensors(a, b, where: str) -> None:

@@ -10,7 +10,14 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from mimkd.data.base import DatasetBundle, ImageTensors, load_dataset, prepare_images
+from mimkd.data.base import (
+    PAD_OR_RESIZE,
+    RESIZE_CENTER_CROP,
+    DatasetBundle,
+    ImageTensors,
+    load_dataset,
+    prepare_images,
+)
 from mimkd.data.loader import DeviceLoader, make_loader
 from mimkd.data.registry import DATASETS, register_dataset
 
@@ -29,6 +36,8 @@ _import_all_readers()
 
 __all__ = [
     "DATASETS",
+    "PAD_OR_RESIZE",
+    "RESIZE_CENTER_CROP",
     "DatasetBundle",
     "DeviceLoader",
     "ImageTensors",

@@ -39,6 +39,8 @@ class DatasetBundle:
     source: str = ""  # the folder the files were read from
     # the files read: {"path", "bytes", "sha256"} each (`describe_files`); results.json keeps them
     files: list[dict] = field(default_factory=list)
+    # the images' shape as the files hold them, before `prepare_images` (None: file-streamed)
+    native_shape: tuple[int, int, int] | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -46,6 +48,26 @@ class DatasetBundle:
         if isinstance(split, ImageTensors):
             return tuple(split.images.shape[1:])
         return split.image_shape  # file-streamed datasets declare theirs
+
+    def input_facts(self) -> dict[str, Any]:
+        """How an image becomes what the model reads, recorded with every run and export so a
+        model file alone can be fed a new image exactly as evaluation feeds it (`mimkd predict`)."""
+        in_memory = isinstance(self.test, ImageTensors)
+        return {
+            "input_shape": list(self.image_shape),
+            "native_shape": list(self.native_shape) if self.native_shape else None,
+            "resize": PAD_OR_RESIZE if in_memory else RESIZE_CENTER_CROP,
+            "mean": [float(value) for value in self.mean],
+            "std": [float(value) for value in self.std],
+            "class_names": [str(name) for name in self.classes],
+            "dataset": self.name,
+        }
+
+
+# how images reach the model's size: in-memory sets pad (grow) or resize (shrink) once at load
+# (`prepare_images`); file-streamed sets resize the shorter side and centre-crop
+PAD_OR_RESIZE = "pad_or_resize"
+RESIZE_CENTER_CROP = "resize_center_crop"
 
 
 def candidate_roots(explicit: str | None, *system_paths: str) -> list[Path]:
@@ -136,6 +158,8 @@ def load_dataset(
     bundle: DatasetBundle = entry.builder(
         root=root, download=download, image_size=image_size, channels=channels, **options
     )
+    if isinstance(bundle.test, ImageTensors):
+        bundle.native_shape = tuple(int(d) for d in bundle.test.images.shape[1:])
     if isinstance(bundle.train, ImageTensors):
         bundle.train = balanced_subset(bundle.train, train_subset, bundle.num_classes)
         bundle.train.images = prepare_images(bundle.train.images, image_size, channels)

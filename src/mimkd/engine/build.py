@@ -178,6 +178,7 @@ def build_run(
             "extra_parameters": distiller.extra_parameter_count(),
             "num_classes": dataset.num_classes,
             "class_names": [str(name) for name in dataset.classes],
+            "input": dataset.input_facts(),  # what `mimkd predict` needs from the file alone
             "in_channels": channels,
             "image_shape": [channels, height, width],
             "mean": [float(value) for value in dataset.mean],

@@ -1,44 +1,54 @@
-"""`mimkd eval`: a checkpoint's accuracy on a dataset (by default the one it was trained on)."""
+"""`mimkd eval`'s engine half: which test set a model is evaluated on, and the metrics over it.
+
+The data settings come from the model file (the run's own `data` config) with `data.*` overrides
+parsed by the same typed config as every other command (`mimkd.config.load_config`), so
+`data.test_subset=abc` is a one-line error and `data.download=false` is False. The metrics are
+the trainer's own `evaluate`, so a checkpoint and each of its exports report the same numbers.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
-from mimkd.config import DataConfig
-from mimkd.data import load_dataset, make_loader
-from mimkd.engine.build import select_device
+import torch
+from torch import nn
+
+from mimkd.config import DataConfig, load_config
+from mimkd.data import DatasetBundle, load_dataset, make_loader
 from mimkd.engine.trainer import evaluate
-from mimkd.errors import CheckpointError, ConfigError, did_you_mean
-from mimkd.models.loading import load_model
-from mimkd.serialization import load_checkpoint
+from mimkd.errors import ConfigError, did_you_mean
+
+DATA_FIELDS = tuple(field.name for field in dataclasses.fields(DataConfig))
 
 
-def evaluate_checkpoint(
-    path: str, overrides: list[str] | None = None, device: str = "auto"
-) -> dict:
-    record = load_checkpoint(path)
-    if not isinstance(record, dict) or "config" not in record:
-        raise CheckpointError(
-            f"{path} is not a mimkd checkpoint; `mimkd eval` needs one written by `mimkd train`/`distill`."
-        )
-    data = DataConfig(**record["config"]["data"])
-    valid = [f"data.{f}" for f in DataConfig.__dataclass_fields__]
-    for text in overrides or []:
-        key, _, value = text.partition("=")
-        field = key.removeprefix("data.")
-        if key not in valid or not value:
+def eval_data_config(
+    recorded: dict | None, overrides: list[str] | None = None, default_name: str | None = None
+) -> DataConfig:
+    """The recorded data config (or `data.name=default_name`) with `data.*` overrides applied."""
+    overrides = list(overrides or [])
+    for text in overrides:
+        key = text.partition("=")[0].strip().lstrip("-")
+        if key != "dataset" and not key.startswith("data."):
+            valid = [f"data.{name}" for name in DATA_FIELDS]
             raise ConfigError(
-                f"unknown eval override {text!r}.{did_you_mean(key, valid)} `mimkd eval` takes data.* keys."
+                f"`mimkd eval` takes data.* overrides, not {text!r}.{did_you_mean(key, valid)}"
             )
-        current = getattr(data, field)
-        setattr(
-            data,
-            field,
-            type(current)(value)
-            if current is not None and not isinstance(current, bool)
-            else value,
+    base = {key: value for key, value in (recorded or {}).items() if key in DATA_FIELDS}
+    if not base.get("name") and default_name:
+        base["name"] = default_name
+    named = "name" in base or any(text.startswith(("data.name=", "dataset=")) for text in overrides)
+    if not named:
+        raise ConfigError(
+            "this model file records no dataset; pass data.name=NAME (`mimkd list datasets`) "
+            "and data.root=PATH where its files are."
         )
-    dataset = load_dataset(
+    run_config, _ = load_config(None, overrides=overrides, base={"data": base})
+    return run_config.data
+
+
+def load_test_set(data: DataConfig) -> DatasetBundle:
+    return load_dataset(
         data.name,
         root=data.root,
         download=data.download,
@@ -46,31 +56,19 @@ def evaluate_checkpoint(
         channels=data.channels,
         test_subset=data.test_subset,
     )
-    channels, height, _ = dataset.image_shape
-    loaded = load_model(
-        path,
-        model_name=record["model_name"],
-        num_classes=dataset.num_classes,
-        in_channels=channels,
-        image_size=height,
-    )
-    target = select_device(device)
+
+
+def evaluate_on_test_set(
+    model: nn.Module, bundle: DatasetBundle, data: DataConfig, device: torch.device
+) -> dict:
+    """Top-1/top-5/loss of `model` on the bundle's test split, normalised as in training."""
     loader = make_loader(
-        dataset.test,
+        bundle.test,
         data.eval_batch_size,
-        mean=dataset.mean,
-        std=dataset.std,
-        device=target,
+        mean=bundle.mean,
+        std=bundle.std,
+        device=device,
         train=False,
         num_workers=data.num_workers,
     )
-    result = evaluate(loaded.model.to(target), loader, contextlib.nullcontext)
-    result.update(
-        {
-            "dataset": dataset.name,
-            "checkpoint": str(path),
-            "sha256": loaded.sha256,
-            "model": loaded.name,
-        }
-    )
-    return result
+    return evaluate(model.to(device), loader, contextlib.nullcontext)

@@ -8,7 +8,7 @@ from typing import Any, BinaryIO
 
 import matplotlib
 
-from mimkd.engine.checkpoint import atomic_write, atomic_write_text
+from mimkd.serialization import atomic_write, atomic_write_text
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

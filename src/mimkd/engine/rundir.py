@@ -32,8 +32,8 @@ from typing import IO, Any
 
 import yaml
 
-from mimkd.engine.checkpoint import atomic_write_text, temp_prefix
 from mimkd.errors import MimkdError
+from mimkd.serialization import OutputPathError, atomic_write_text, is_temp_file
 
 LOCK_NAME = ".mimkd.lock"
 # every file a run writes at the top of its folder (tensorboard/ is a folder of its own)
@@ -115,7 +115,10 @@ def run_folder_writes(run_dir: Path, target: Path | None = None) -> Iterator[Non
     line saying what to do; the atomic writes have left every file whole."""
     try:
         yield
-    except OSError as error:
+    except (OSError, OutputPathError) as failure:
+        error = failure.os_error if isinstance(failure, OutputPathError) else failure
+        if error is None:
+            raise
         where = error.filename or target or run_dir
         reason = error.strerror or str(error)
         raise MimkdError(
@@ -251,11 +254,10 @@ def _refuse_strangers(path: Path) -> None:
 
 def _foreign_entries(path: Path) -> list[str]:
     """What the folder holds besides our lock and our temp files."""
-    ours = tuple(temp_prefix(name) for name in RUN_FILES)
     return sorted(
         entry.name
         for entry in path.iterdir()
-        if entry.name != LOCK_NAME and not (entry.name.startswith(ours) and entry.suffix == ".tmp")
+        if entry.name != LOCK_NAME and not is_temp_file(entry.name, RUN_FILES)
     )
 
 

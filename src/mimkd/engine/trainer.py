@@ -28,13 +28,7 @@ from tqdm.auto import tqdm
 
 from mimkd.config import RunConfig
 from mimkd.distillers.base import Distiller, StepOutput
-from mimkd.engine.checkpoint import (
-    atomic_write_text,
-    capture_rng_state,
-    remove_temp_files,
-    restore_rng_state,
-    write_checkpoint,
-)
+from mimkd.engine.checkpoint import capture_rng_state, restore_rng_state
 from mimkd.engine.distributed import DistributedContext
 from mimkd.engine.fast import CompiledOrEager, resolve_compile, resolve_precision, uses_cuda_graphs
 from mimkd.engine.optim import build_optimizer, build_scheduler
@@ -50,10 +44,16 @@ from mimkd.engine.rundir import (
     trim_metrics,
 )
 from mimkd.errors import CheckpointError, TrainingDivergedError
-from mimkd.serialization import CHECKPOINT_FORMAT, load_checkpoint
+from mimkd.serialization import (
+    CHECKPOINT_FORMAT,
+    atomic_save,
+    atomic_write_text,
+    load_checkpoint,
+    remove_temp_files,
+)
 
 # recorded in checkpoints, not repeated in results.json
-_NOT_IN_RESULTS = ("config", "class_names", "mean", "std", "model_name", "in_channels")
+_NOT_IN_RESULTS = ("config", "class_names", "mean", "std", "model_name", "in_channels", "input")
 
 
 @dataclass
@@ -236,7 +236,7 @@ class Trainer:
 
     def _write_checkpoint(self, state: dict, name: str) -> None:
         with run_folder_writes(self.run_dir, self.run_dir / name):
-            write_checkpoint(state, self.run_dir / name)
+            atomic_save(state, self.run_dir / name)
 
     def resume(self, path: str | Path) -> dict:
         """Load every piece of training state from a checkpoint; return the checkpoint."""
