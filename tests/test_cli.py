@@ -222,3 +222,9 @@ def test_pack_runs_seeds_side_by_side(capsys, idx_folder, tmp_path):
     output = capsys.readouterr().out
     assert "| ce | 2 |" in output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ce_cnn_tiny_seed0", "ce_cnn_tiny_seed1"]
+
+
+def test_overrides_after_an_option_are_overrides(capsys, teacher_10_classes):
+    """argparse takes positionals in one run: `eval MODEL --json data.x=y` must still apply them."""
+    assert main(["eval", str(teacher_10_classes), "--json", "data.test_subset=50"]) == 0
+    assert json.loads(capsys.readouterr().out)["count"] == 50

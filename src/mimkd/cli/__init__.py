@@ -41,6 +41,11 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = build_parser(argv)
     args, unknown = parser.parse_known_args(argv)
+    # argparse takes a command's positionals in one run, so `key=value` overrides written after
+    # an option (`mimkd export M --format onnx data.root=D`) arrive here: they are overrides
+    if unknown and hasattr(args, "overrides") and all(_is_override(u) for u in unknown):
+        args.overrides = [*(args.overrides or []), *unknown]
+        unknown = []
     if unknown:
         command = _subparsers(parser).choices[args.command]
         options = [o for action in command._actions for o in action.option_strings]
@@ -49,6 +54,10 @@ def _parse(argv: list[str]) -> argparse.Namespace:
             f"unrecognized arguments: {' '.join(unknown)}.{hint} See `{command.prog} --help`."
         )
     return args
+
+
+def _is_override(text: str) -> bool:
+    return "=" in text and not text.startswith("-")
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
