@@ -28,12 +28,11 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from mimkd.config import OptimConfig, RunConfig
-from mimkd.data import ImageTensors, load_dataset
-from mimkd.data.loader import DeviceLoader
-from mimkd.distillers import DistillerContext, create_distiller, method_config_class
-from mimkd.engine.fast import prepare_frozen_teacher, resolve_compile, resolve_precision
-from mimkd.engine.trainer import RunParts, Trainer
+from mimkd.config import load_config
+from mimkd.data import DatasetBundle, ImageTensors, load_dataset
+from mimkd.distillers import DistillerContext, create_distiller
+from mimkd.engine import Trainer, build_run
+from mimkd.engine.fast import resolve_compile, resolve_precision
 from mimkd.models import create_model
 
 CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
@@ -258,57 +257,53 @@ def mimkd_throughput(
     method_overrides: dict | None = None,
 ) -> dict:
     """images/s of mimkd's Trainer: DeviceLoader (uint8 on the device, batched crop+flip), the
-    distiller, bf16/channels_last/compile per `flags`, the teacher folded as run() folds it."""
+    distiller, bf16/channels_last/compile per `flags`, the teacher folded: the run `build_run`
+    assembles, with its training loader timed."""
     if len(data.labels) < (warmup + steps + 1) * batch_size:
         raise ValueError("the training set must hold warmup + steps + 1 batches (one epoch)")
     teacher, student = build_models(teacher_name, student_name, data.num_classes)
-    context = DistillerContext(
+    bundle = DatasetBundle(
+        name=data.name,
         num_classes=data.num_classes,
-        sample_input=torch.zeros(2, 3, 32, 32),
-        num_train_samples=len(data.labels),
-    )
-    method_config = method_config_class(method)(**(method_overrides or {}))
-    distiller = create_distiller(method, student, teacher, context, method_config)
-    if flags.fast_teacher and distiller.teacher is not None:
-        prepare_frozen_teacher(distiller.teacher)
-    loader = DeviceLoader(
-        ImageTensors(data.images, data.labels),
-        batch_size,
+        train=ImageTensors(data.images, data.labels),
+        test=ImageTensors(data.images[:256], data.labels[:256]),
         mean=data.mean,
         std=data.std,
-        device=device,
-        shuffle=True,
-        augment="crop_flip",
-        channels_last=flags.channels_last,
     )
-    test_loader = DeviceLoader(
-        ImageTensors(data.images[:256], data.labels[:256]),
-        256,
-        mean=data.mean,
-        std=data.std,
-        device=device,
-        channels_last=flags.channels_last,
-    )
-    timed = TimedLoader(loader, warmup, steps, device, barrier)
     total = warmup + steps + 1
-    config = RunConfig(
-        method=method,
-        epochs=1,
-        max_steps=total,
-        log_every=total,  # no interval report (host sync) inside the window
-        progress=False,
-        precision=flags.precision,
-        channels_last=flags.channels_last,
-        compile=flags.compile,
-        compile_mode=flags.compile_mode,
-        fast_teacher=flags.fast_teacher,
-        optim=OptimConfig(lr=0.05, momentum=0.9, weight_decay=5e-4),
-    )
-    with tempfile.TemporaryDirectory() as run_dir:
-        parts = RunParts(config, distiller, timed, test_loader, Path(run_dir), device=device)
+    overrides = [f"{method}.{key}={value}" for key, value in (method_overrides or {}).items()]
+    with tempfile.TemporaryDirectory() as folder:
+        config, method_config = load_config(
+            None,
+            [
+                f"method={method}",
+                f"data.batch_size={batch_size}",
+                "data.eval_batch_size=256",
+                "data.augment=crop_flip",
+                "epochs=1",
+                f"max_steps={total}",
+                f"log_every={total}",  # no interval report (host sync) inside the window
+                "progress=false",
+                f"precision={flags.precision}",
+                f"channels_last={flags.channels_last}",
+                f"compile={'null' if flags.compile is None else flags.compile}",
+                f"compile_mode={flags.compile_mode}",
+                f"fast_teacher={flags.fast_teacher}",
+                "optim.lr=0.05",
+                "optim.momentum=0.9",
+                "optim.weight_decay=5e-4",
+                f"device={device}",
+                f"run_dir={Path(folder) / 'run'}",
+                *overrides,
+            ],
+        )
+        # the same assembly as every run (`build_run`); only the loader is wrapped in the timer
+        parts = build_run(config, method_config, student=student, teacher=teacher, dataset=bundle)
+        timed = TimedLoader(parts.train_loader, warmup, steps, device, barrier)
+        parts.train_loader = timed
         trainer = Trainer(parts, log_line=lambda _: None)
         # the closing evaluation is not timed: keep it eager so it costs no second compile
-        trainer.eval_model = distiller.student
+        trainer.eval_model = trainer.distiller.student
         result = trainer.fit()
     loss = result.history[-1]["train_loss"] if result.history else float("nan")
     return _rates(
