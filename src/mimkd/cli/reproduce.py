@@ -31,6 +31,11 @@ Each run is identified by the hash of its resolved config and its teacher's SHA-
 OUT/runs/<student>-<method>-s<seed>-<id>/: finished runs are skipped, stopped ones resumed from
 their last.pt, so the same command continues a killed grid, and a second one runs nothing.
 Outputs: OUT/results.csv, OUT/report.md, one PNG per pair, OUT/overview.png.
+
+--shard K/N lets N machines on one shared filesystem split a grid with no scheduler, e.g. a SLURM
+array: `mimkd reproduce GRID --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT`. A teacher is
+trained by the first shard that needs it (a claim file beside its folder); the others wait for it.
+Flags (--jobs, --shard, --dry-run) go after the key=value arguments.
 """
 
 

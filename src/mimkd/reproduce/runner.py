@@ -25,6 +25,7 @@ from pathlib import Path
 from mimkd.engine.pack import run_packed
 from mimkd.engine.run import run
 from mimkd.errors import MimkdError
+from mimkd.reproduce.identity import read_results
 from mimkd.reproduce.plan import Job, Plan, TeacherPlan, UnitPlan, teacher_finished
 
 Log = Callable[[str], None]
@@ -91,9 +92,12 @@ def _execute(jobs: list[tuple[str, Job]], parallel: int, log: Log) -> list[tuple
         start = time.perf_counter()
         try:
             results = run(*job)
-        except MimkdError as error:
-            log(f"[{position}/{len(jobs)}] {label}: failed: {error}")
-            failures.append((label, str(error)))
+        except Exception as error:  # one broken run must not stop the grid (as in packing)
+            why = (
+                str(error) if isinstance(error, MimkdError) else f"{type(error).__name__}: {error}"
+            )
+            log(f"[{position}/{len(jobs)}] {label}: failed: {why}")
+            failures.append((label, why))
             continue
         log(
             f"[{position}/{len(jobs)}] {label}: best {results['best_accuracy']:.4f}, last "
@@ -164,7 +168,8 @@ def ensure_teachers(plan: Plan, keys: list[str], jobs: int, log: Log) -> tuple[l
             work = []
             for teacher in claimed:
                 folder = Path(teacher.folder)
-                resume = (folder / "last.pt").is_file()
+                # a finished run whose best.pt is gone has nothing to resume: train it again
+                resume = (folder / "last.pt").is_file() and read_results(folder) is None
                 work.append((f"teacher {teacher.key}", _job_for(teacher.job, folder, resume)))
             errors = dict(_execute(work, jobs, log))
     finally:
