@@ -117,7 +117,7 @@ def write_grid_report(plan: Plan) -> Path:
         intro.append(
             "Invocations (latest last; wall = the command's own time, teachers included):\n\n"
             + markdown_table(
-                ["date", "host", "command", "shard", "jobs", "runs started", "failed", "wall"],
+                ["ended", "host", "command", "shard", "jobs", "runs started", "failed", "wall"],
                 [
                     [
                         r["date"],
