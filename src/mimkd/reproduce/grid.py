@@ -101,9 +101,9 @@ def _invocations(out: Path) -> list[dict]:
     return records
 
 
-def write_grid_report(plan: Plan) -> Path:
+def write_grid_report(plan: Plan, out: str | Path | None = None) -> Path:
     rows, missing = rows_from_plan(plan)
-    out = Path(plan.out)
+    out = Path(out or plan.out)
     finished = sum(1 for unit in plan.units if plan.unit_results(unit) is not None)
     intro = [
         f"Grid `{plan.source}`: {len(plan.pairs)} pair(s) x {len(plan.methods)} method(s) x "
@@ -111,7 +111,7 @@ def write_grid_report(plan: Plan) -> Path:
         f"{finished} of {len(plan.units)} runs finished"
         + (f" ({missing} cells still missing)." if missing else ".")
     ]
-    invocations = _invocations(out)
+    invocations = _invocations(Path(plan.out))
     if invocations:
         recent = invocations[-8:]
         intro.append(
@@ -145,10 +145,10 @@ def report_folders(folders: list[str | Path], out: str | Path | None = None) -> 
     for folder in folders:
         if not folder.is_dir():
             raise ConfigError(f"{str(folder)!r} is not a folder; pass grid or run folders.")
-    if len(folders) == 1 and out in (None, folders[0]):
+    if len(folders) == 1:
         plan = load_plan(folders[0])
         if plan is not None:
-            return write_grid_report(plan)
+            return write_grid_report(plan, out)
     if out is None:
         if len(folders) > 1:
             raise ConfigError("several folders: say where the report goes with --out DIR.")

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,7 +173,7 @@ class Plan:
     def save(self) -> Path:
         path = Path(self.out) / "plan.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".plan.json.{id(self)}.tmp")
+        temporary = path.with_name(f".plan.json.{socket.gethostname()}.{os.getpid()}.tmp")
         temporary.write_text(json.dumps(self.to_dict(), indent=1))
         temporary.replace(path)  # shards write the same plan at once: old or new, never half
         return path
