@@ -12,11 +12,18 @@
 #   1 environment        GPU, driver, torch/triton, bf16; installs missing dependencies to .data/pylib
 #   2 throughput         reference loop vs mimkd's trainer (bf16, channels_last, compile, folded
 #                        teacher), KD and MIMKD, resnet32x4 -> resnet8x4, batch 64; then 4 packed runs
+#   grid                 `mimkd reproduce configs/grids/gpu_proxy.yaml --jobs 8`: 3 CIFAR teachers and
+#                        42 students (3 pairs x 7 methods x 2 seeds) on Fashion-MNIST as 3x32x32, sized
+#                        for ~6-8 min (its file states the assumed speeds); prints its table and writes
+#                        $OUT/gpu_proxy-<date>.md (commit it as results/gpu_proxy-<date>.md)
 #   3 fashion            a real run: resnet32x4 teacher (2 epochs, eager) then MIMKD resnet8x4
 #                        (compiled) on Fashion-MNIST as 3x32x32; accuracy, img/s, projected protocol
 #   4 cuda graphs        MIMKD with compile_mode=reduce-overhead (mimkd path only)
 #   5 overhead           MIMKD/KD step ratio and memory vs CRD
 # Logs and JSON go to $OUT (the device tool's output folder) or ./gpu_check_out.
+# GPU_CHECK_STAGES=environment,grid runs only the stages named (default: all, in the order above).
+# The grid does not fit in one 560 s call after the throughput stage; give it its own call:
+#   GPU_CHECK_STAGES=environment,grid GPU_CHECK_BUDGET=590 MIMKD_DATA=.data bash benchmarks/gpu_check.sh
 # GPU_CHECK_SMOKE=1 runs every stage tiny on the CPU (a check of this script, not of speed).
 set -u
 SCRIPT=$(realpath "$0")
@@ -50,12 +57,16 @@ if [[ "${GPU_CHECK_SMOKE:-0}" == "1" ]]; then
     DEVICE=cpu
     STEPS=(--steps 2 --warmup 1 --data-size 1000 --teacher resnet8x4 --student resnet8)
     PACK=2 TEACHER_EPOCHS=1 STUDENT_EPOCHS=1 SUBSET=(data.train_subset=640 data.test_subset=256)
-    TEACHER=resnet8x4 STUDENT=resnet8 COMPILE=false
+    TEACHER=resnet8x4 STUDENT=resnet8 COMPILE=false GRID_JOBS=2
+    # the same grid file, tiny: one seed, two steps per run on 128 images
+    GRID_SMOKE=(seeds=[0] epochs=1 max_steps=2 data.train_subset=128 data.test_subset=128
+        teacher_overrides.epochs=1 teacher_overrides.max_steps=2
+        teacher_overrides.data.train_subset=128 teacher_overrides.data.test_subset=128)
 else
     DEVICE=cuda
     STEPS=()
     PACK=4 TEACHER_EPOCHS=2 STUDENT_EPOCHS=12 SUBSET=(data.train_subset=20000)
-    TEACHER=resnet32x4 STUDENT=resnet8x4 COMPILE=true
+    TEACHER=resnet32x4 STUDENT=resnet8x4 COMPILE=true GRID_JOBS=8 GRID_SMOKE=()
 fi
 
 left() { echo $((BUDGET - (SECONDS - start))); }
@@ -65,6 +76,9 @@ stage() {
     local name=$1 max=$2
     shift 2
     local remain limit t0 rc
+    if [[ -n "${GPU_CHECK_STAGES:-}" && ",$GPU_CHECK_STAGES," != *",$name,"* ]]; then
+        return
+    fi
     remain=$(($(left) - 5))
     limit=$((max < remain ? max : remain))
     if ((limit < 30)); then
@@ -74,6 +88,7 @@ stage() {
     echo
     echo "## stage $name (up to ${limit}s; $(left)s of the budget left)"
     t0=$SECONDS
+    export STAGE_LIMIT=$limit
     timeout --signal=INT --kill-after=15 "$limit" "$@" 2>&1 | tee "$OUT_DIR/$name.log"
     rc=${PIPESTATUS[0]}
     echo "## stage $name: exit $rc after $((SECONDS - t0))s"
@@ -149,6 +164,39 @@ print(f"  projected CIFAR-100 protocol (240 x 782 steps at batch 64): training s
 PY
 }
 
+grid() {
+    local out="$WORK/gpu_proxy" limit=${STAGE_LIMIT:-600} rc stamp
+    # the runs stop 45 s before the stage does, so the table of what finished is always written
+    timeout --signal=INT --kill-after=10 $((limit - 45)) $PYTHON -m mimkd reproduce \
+        configs/grids/gpu_proxy.yaml out="$out" device=$DEVICE log_every=200 "${GRID_SMOKE[@]}" \
+        --jobs $GRID_JOBS
+    rc=$?
+    $PYTHON -m mimkd report "$out" >/dev/null || return 1
+    mkdir -p "$OUT_DIR/gpu_proxy"
+    cp "$out"/report.md "$out"/results.csv "$out"/summary.json "$out"/plan.json \
+        "$out"/invocations.jsonl "$out"/*.png "$OUT_DIR/gpu_proxy/" 2>/dev/null
+    stamp=$(date -u +%F)
+    {
+        echo "# gpu_proxy grid, $stamp"
+        echo
+        echo "Measured by \`benchmarks/gpu_check.sh\` (stage grid, exit $rc) on:"
+        echo
+        echo '```'
+        nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no GPU"
+        echo "cpus: $(nproc)"
+        echo '```'
+        echo
+        echo "Run folders are not included; links below point into them."
+        echo
+        sed '1d' "$out/report.md"
+    } >"$OUT_DIR/gpu_proxy-$stamp.md"
+    echo
+    sed -n '1,/^!\[overview\]/p' "$out/report.md" | grep -v '^!\['
+    sed -n '/^## Teachers/,/^## Hardware/p' "$out/report.md" | sed '$d'
+    echo "table: $OUT_DIR/gpu_proxy-$stamp.md (commit it as results/gpu_proxy-$stamp.md)"
+    return $rc
+}
+
 # a stage that is a shell function runs as `bash gpu_check.sh --stage NAME`, so timeout can kill it
 if [[ "${1:-}" == "--stage" ]]; then
     "$2"
@@ -159,6 +207,7 @@ echo "# mimkd GPU check: $(date -u +%FT%TZ), budget ${BUDGET}s, output in $OUT_D
 stage environment 90 bash "$SCRIPT" --stage environment
 stage throughput 300 $PYTHON benchmarks/throughput.py --device $DEVICE --steps 400 --warmup 40 \
     "${STEPS[@]}" --pack $PACK --json "$OUT_DIR/throughput.json"
+stage grid 590 bash "$SCRIPT" --stage grid
 stage fashion 200 bash "$SCRIPT" --stage fashion
 stage cuda_graphs 120 $PYTHON benchmarks/throughput.py --device $DEVICE --steps 400 --warmup 60 \
     "${STEPS[@]}" --methods mimkd --skip-reference --compile-mode reduce-overhead \

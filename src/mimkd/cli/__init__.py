@@ -14,7 +14,7 @@ import sys
 from mimkd.errors import MimkdError, did_you_mean
 
 # the command groups, in the order `mimkd --help` lists them
-GROUPS = ("mimkd.cli.run", "mimkd.cli.models", "mimkd.cli.mi")
+GROUPS = ("mimkd.cli.run", "mimkd.cli.reproduce", "mimkd.cli.models", "mimkd.cli.mi")
 
 
 class _Parser(argparse.ArgumentParser):
