@@ -93,3 +93,30 @@ def test_quickstart_smoke(fashion_available, tmp_path, capsys):
     teachers = list((tmp_path / "teachers").iterdir())
     assert main(["quickstart", "--fast", "--out", str(tmp_path), "methods=[ce]"]) == 0
     assert list((tmp_path / "teachers").iterdir()) == teachers
+
+
+def test_quickstart_teacher_stopped_part_way_continues(fashion_available, tmp_path):
+    """A quickstart teacher cut off after its first epoch (Ctrl-C, a kill) is resumed by the next
+    quickstart, not refused as an unfinished run nor trained again from scratch."""
+    from mimkd.config import load_config
+    from mimkd.engine.run import run
+    from mimkd.quickstart import QuickstartSettings, teacher_checkpoint, teacher_run
+
+    settings = QuickstartSettings(teacher_images=256, teacher_epochs=2, test_images=100)
+    folder, overrides = teacher_run(settings, tmp_path)
+    steps_per_epoch = 256 // settings.batch_size
+    config, method_config = load_config(
+        None, [*overrides, "progress=false", f"max_steps={steps_per_epoch}"]
+    )
+    run(config, method_config)  # stops at the end of epoch 1 of 2
+    # what a kill after epoch 1's checkpoint leaves: no results.json (written last) nor report
+    for name in ("results.json", "report.md", "curves.png"):
+        (folder / name).unlink()
+    checkpoint, results = teacher_checkpoint(settings, tmp_path)
+    assert checkpoint == folder / "best.pt" and results["epochs"] == 2
+    epochs = [
+        json.loads(line)["epoch"]
+        for line in (folder / "metrics.jsonl").read_text().splitlines()
+        if '"kind": "epoch"' in line
+    ]
+    assert epochs == [1, 2]

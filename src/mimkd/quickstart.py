@@ -59,10 +59,10 @@ def _common(settings: QuickstartSettings, out: Path) -> list[str]:
     ]
 
 
-def teacher_checkpoint(
+def teacher_run(
     settings: QuickstartSettings, out_root: Path, seed: int = 0
-) -> tuple[Path, dict]:
-    """Train the teacher, or reuse the one an earlier quickstart trained with the same config."""
+) -> tuple[Path, list[str]]:
+    """The teacher's cache folder (named by a hash of its settings) and its run overrides."""
     overrides = [
         "method=ce",
         f"model.name={settings.teacher_model}",
@@ -73,9 +73,19 @@ def teacher_checkpoint(
     ]
     key = hashlib.sha256(json.dumps(sorted(overrides)).encode()).hexdigest()[:12]
     folder = out_root / "teachers" / f"{settings.teacher_model}-{key}"
+    return folder, [*overrides, f"run_dir={folder}", "name=teacher"]
+
+
+def teacher_checkpoint(
+    settings: QuickstartSettings, out_root: Path, seed: int = 0
+) -> tuple[Path, dict]:
+    """Train the teacher, or reuse the one an earlier quickstart trained with the same config."""
+    folder, overrides = teacher_run(settings, out_root, seed)
     if (folder / "best.pt").is_file() and (folder / "results.json").is_file():
         return folder / "best.pt", json.loads((folder / "results.json").read_text())
-    config, method_config = load_config(None, [*overrides, f"run_dir={folder}", "name=teacher"])
+    # a teacher stopped part-way (Ctrl-C, a kill) continues where it stopped
+    resume = ["resume=true"] if (folder / "last.pt").is_file() else []
+    config, method_config = load_config(None, [*overrides, *resume])
     results = run(config, method_config)
     return folder / "best.pt", results
 
