@@ -156,3 +156,21 @@ def test_bad_images_fail_cleanly(models, pictures, tmp_path, capsys):
         lines = captured.err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("mimkd: error: ") and fragment in lines[0]
         assert captured.out == ""
+
+
+def test_a_checkpoint_predicts_without_its_dataset(idx_folder, tmp_path, capsys):
+    """A run records how an image becomes the model's input (`input` in the checkpoint), so the
+    checkpoint alone predicts once its training data is gone."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(idx_folder, data)
+    checkpoint = _train(data, tmp_path / "run", "model=cnn_tiny", "max_steps=2")
+    shutil.rmtree(data)
+    capsys.readouterr()  # the training's own output
+    picture = tmp_path / "picture.png"
+    Image.fromarray(np.full((30, 20), 200, dtype=np.uint8)).save(picture)
+    assert main(["predict", str(checkpoint), str(picture), "--json", "--top", "3"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    top = document["predictions"][0]["top"]
+    assert len(top) == 3 and all(entry["name"] for entry in top)  # class names from the file

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mimkd.config import DataConfig
-from mimkd.data import PAD_OR_RESIZE, load_dataset
+from mimkd.data import PAD_OR_RESIZE
+from mimkd.engine.evaluate import load_test_set
 from mimkd.models.loading import LoadedModel
 
 CARD_KEY = "mimkd"
@@ -81,15 +82,7 @@ def describe_input(data: DataConfig) -> dict[str, Any]:
     """The input facts of a dataset under a data config (`DatasetBundle.input_facts`), for
     model files that do not record them (RepDistiller teachers, older checkpoints). The files
     must be there; only the test split is needed."""
-    return load_dataset(
-        data.name,
-        root=data.root,
-        download=data.download,
-        image_size=data.image_size,
-        channels=data.channels,
-        test_subset=1,
-        train_subset=1,
-    ).input_facts()
+    return load_test_set(dataclasses.replace(data, test_subset=1)).input_facts()
 
 
 def card_for_checkpoint(loaded: LoadedModel, data: DataConfig) -> ModelCard:

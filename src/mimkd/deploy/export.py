@@ -24,11 +24,10 @@ from torch import nn
 from mimkd import __version__
 from mimkd.config import DataConfig
 from mimkd.data import DatasetBundle, make_loader
-from mimkd.deploy.card import CARD_FILE, CARD_KEY, ModelCard, card_for_checkpoint
-from mimkd.deploy.runtime import Runner, default_dataset, open_model, recorded_data
-from mimkd.engine.evaluate import eval_data_config, evaluate_on_test_set, load_test_set
+from mimkd.deploy.card import CARD_FILE, CARD_KEY, ModelCard
+from mimkd.deploy.runtime import Runner, load_weights_file, open_model
+from mimkd.engine.evaluate import evaluate_on_test_set, load_test_set
 from mimkd.errors import MimkdError
-from mimkd.models.loading import load_model
 from mimkd.serialization import atomic_write, check_output_target, check_readable_file
 
 SUFFIX = {"onnx": ".onnx", "safetensors": ".safetensors", "pt2": ".pt2"}
@@ -81,17 +80,9 @@ def export_model(
         else None
     )
 
-    loaded = load_model(
-        str(source),
-        model_name=model_name,
-        num_classes=None,
-        in_channels=None,
-        what="model file",
-        architecture_option="--model NAME",
-    )
-    data = eval_data_config(recorded_data(loaded), list(overrides), default_dataset(loaded))
+    loaded, data, card = load_weights_file(source, model_name, overrides)
     # a re-exported export keeps its card, but says which mimkd wrote this file
-    card = dataclasses.replace(card_for_checkpoint(loaded, data), mimkd_version=__version__)
+    card = dataclasses.replace(card, mimkd_version=__version__)
     bundle = load_test_set(data)
     model = loaded.model.eval()
     images = first_images(bundle, bundle.test, CHECK_IMAGES)

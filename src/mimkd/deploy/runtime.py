@@ -82,6 +82,16 @@ def open_model(
         return _open_onnx(file, overrides)
     if kind == "pt2":
         return _open_exported_program(file, overrides)
+    loaded, data, card = load_weights_file(file, model_name, overrides)
+    model = loaded.model.eval()
+    return Runner(file, loaded.format, card, data, model, model, loaded.sha256 or "")
+
+
+def load_weights_file(
+    file: Path, model_name: str | None, overrides: Sequence[str]
+) -> tuple[LoadedModel, DataConfig, ModelCard]:
+    """A weights file (checkpoint, state_dict, safetensors) through the one loader, with the data
+    config it was evaluated on (its own, `data.*` overrides applied) and its card."""
     loaded = load_model(
         str(file),
         model_name=model_name,
@@ -91,9 +101,7 @@ def open_model(
         architecture_option="--model NAME",
     )
     data = eval_data_config(recorded_data(loaded), list(overrides), default_dataset(loaded))
-    card = card_for_checkpoint(loaded, data)
-    model = loaded.model.eval()
-    return Runner(file, loaded.format, card, data, model, model, loaded.sha256 or "")
+    return loaded, data, card_for_checkpoint(loaded, data)
 
 
 def recorded_data(loaded: LoadedModel) -> dict | None:
