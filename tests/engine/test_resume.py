@@ -164,3 +164,36 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(idx_folder, tmp
     assert a["epoch"] == b["epoch"] == 3
     _assert_same_state(a["model"], b["model"])
     assert Path(killed / "report.md").is_file()
+
+
+@pytest.mark.parametrize("damage", ["missing", "extra"])
+def test_resume_refuses_method_state_that_does_not_fit(
+    idx_folder, tmp_path, teacher_checkpoint, damage, capsys
+):
+    """A checkpoint missing a critic's weights (or carrying a module the run lacks) stops the
+    resume with one line; it never resumes with a freshly initialised critic."""
+    from mimkd.cli import main
+
+    run_dir = tmp_path / "mimkd"
+    overrides = [
+        *_base(idx_folder, run_dir, "mimkd", teacher_checkpoint),
+        "mimkd.hidden=8",
+        f"max_steps={400 // 32 + 1}",
+    ]
+    config, method_config = load_config(None, overrides)
+    run(config, method_config)
+    state = torch.load(run_dir / "last.pt", weights_only=True)
+    critic_keys = [k for k in state["distiller"] if k.startswith("critics.")]
+    assert critic_keys  # MIMKD's critics are checkpointed beside the student
+    if damage == "missing":
+        del state["distiller"][critic_keys[0]]
+    else:
+        state["distiller"]["critics.extra.weight"] = torch.zeros(1)
+    torch.save(state, run_dir / "last.pt")
+    for name in ("results.json", "report.md"):  # a run stopped before its end has none
+        (run_dir / name).unlink(missing_ok=True)
+    capsys.readouterr()
+    assert main(["distill", "--resume", str(run_dir)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    said = {"missing": "missing", "extra": "unexpected"}[damage]
+    assert len(error) == 1 and "does not fit" in error[0] and said in error[0], error
