@@ -301,6 +301,10 @@ class StreamLoader:
             pin_memory=self.device.type == "cuda",
             persistent_workers=num_workers > 0,
             worker_init_fn=_ignore_stop_signals if num_workers > 0 else None,
+            # its workers' base seed comes from here, not from the global RNG, which would then
+            # advance once per epoch begun (twice for an epoch resumed midway); the samples'
+            # randomness is `_SeededSamples`'s, so this generator's draws never matter
+            generator=torch.Generator().manual_seed(seed),
         )
         self.normalize = Normalizer(mean, std, self.device, channels_last)
 
