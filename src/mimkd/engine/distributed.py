@@ -17,7 +17,7 @@ clusters"):
 
 Agreement: rank 0 alone owns the run folder and writes; an error in one rank's set-up is raised by
 that rank and the others stop quietly (`agreement`), and a preemption signal on any rank stops all
-ranks at the same step (`any_rank`, on a gloo group of its own so it never syncs a GPU stream).
+ranks at the same step (`max_over_ranks`, on a gloo group of its own so it never syncs a GPU stream).
 """
 
 from __future__ import annotations
@@ -112,13 +112,13 @@ class DistributedContext:
         """The sum of `tensor` over ranks (no gradient), on every rank."""
         return sum_ranks(tensor.detach()) if self.enabled else tensor
 
-    def any_rank(self, flag: bool) -> bool:
-        """True on every rank when `flag` is true on any: one small host-side all-reduce."""
+    def max_over_ranks(self, value: int) -> int:
+        """The largest of every rank's `value`, on every rank: one small host-side all-reduce."""
         if not self.enabled:
-            return flag
-        value = torch.tensor([int(flag)], dtype=torch.int32)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.control_group)
-        return bool(value.item())
+            return value
+        tensor = torch.tensor([value], dtype=torch.int64)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=self.control_group)
+        return int(tensor.item())
 
     @contextlib.contextmanager
     def agreement(self) -> Iterator[None]:

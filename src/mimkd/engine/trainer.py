@@ -513,18 +513,25 @@ class Trainer:
         previous = {number: signal.signal(number, received) for number in STOP_SIGNALS}
         try:
             yield
+        except RunPreempted:
+            # stopping as asked: a repeat of the signal (a launcher terminating the processes
+            # that have not exited yet) must not turn this exit into a death by signal
+            previous = dict.fromkeys(previous, signal.SIG_IGN)
+            raise
         finally:
             for number, handler in previous.items():
                 signal.signal(number, handler)
 
     def _stop_agreed(self) -> bool:
-        """Whether any rank received a stop signal: the same answer on every rank, at the same
-        step (a small all-reduce on a gloo group)."""
-        return self.distributed.any_rank(self._stop_signal is not None)
+        """Whether any rank received a stop signal: the same answer (and signal) on every rank,
+        at the same step (a small all-reduce on a gloo group)."""
+        received = self.distributed.max_over_ranks(self._stop_signal or 0)
+        if received:
+            self._stop_signal = received
+        return bool(received)
 
     def _preempted(self) -> RunPreempted:
-        number = self._stop_signal
-        name = signal.Signals(number).name if number is not None else "another process's signal"
+        name = signal.Signals(self._stop_signal).name
         self._log_main(f"{name}: checkpoint at step {self.step} in {self.run_dir / 'last.pt'}")
         return RunPreempted(self.run_dir, name, self.step, quiet=not self.distributed.is_main)
 
