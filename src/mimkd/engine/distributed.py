@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,11 +157,19 @@ class DistributedContext:
         failed or stopped answering (that rank shows its own error); None for anything else."""
         if not self.enabled or not is_peer_failure(error):
             return None
-        detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
         return RankStopped(
-            f"process {self.rank} of {self.world_size} stops: a collective failed ({detail[:200]}); "
-            "another process of the run failed or stopped answering (see its error)."
+            f"process {self.rank} of {self.world_size} stops: a collective failed "
+            f"({_first_sentence(error)}); another process of the run failed or stopped answering "
+            "(see its error)."
         )
+
+
+def _first_sentence(error: BaseException) -> str:
+    """'Connection closed by peer [127.0.0.1]:22940' out of gloo's '[.../pair.cc:561] Connection
+    closed by peer [127.0.0.1]:22940. This is typically caused by ...'."""
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    text = re.sub(r"^\[[^\]]*\]\s*", "", text)  # the C++ source location
+    return text.split(". ", 1)[0][:160]
 
 
 def is_peer_failure(error: BaseException) -> bool:
