@@ -10,7 +10,8 @@
 
 A fault fires after this process's `at`-th optimizer step (torch's global step hook) on `rank`:
 `sigterm` sends SIGTERM to the process itself (what a scheduler does before preempting a job),
-`raise` raises RuntimeError(`message`) (a rank that fails).
+`sigterm_launcher` to its parent, torchrun (which passes it on to every process), `raise` raises
+RuntimeError(`message`) (a rank that fails).
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ def arm(fault: dict | None):
             return
         if fault["kind"] == "sigterm":
             os.kill(os.getpid(), signal.SIGTERM)
+        elif fault["kind"] == "sigterm_launcher":  # as srun or a user stopping torchrun
+            os.kill(os.getppid(), signal.SIGTERM)
         elif fault["kind"] == "raise":
             raise RuntimeError(fault["message"])
 

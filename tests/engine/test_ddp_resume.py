@@ -121,3 +121,23 @@ def test_stopped_on_one_process_resumes_on_two(idx_folder, teacher, reference, t
     difference = _max_difference(_final_state(run_dir), reference)
     print(f"1 -> 2 processes: max |resumed - uninterrupted one process| = {difference:.3g}")
     assert difference <= TOLERANCE
+
+
+def test_sigterm_to_torchrun_stops_every_process_with_a_checkpoint(idx_folder, teacher, tmp_path):
+    """What srun does to its task on preemption: torchrun passes SIGTERM to both processes, which
+    agree on a step, checkpoint it and exit; the run then resumes (here on 1 process)."""
+    run_dir = tmp_path / "run"
+    fault = {"kind": "sigterm_launcher", "rank": 1, "at": 3}
+    launch = launch_cli(_argv(idx_folder, teacher, run_dir, 16), fault)
+    print(f"\n2 processes, torchrun stopped by SIGTERM after step 3: {launch.seconds:.1f} s")
+    assert launch.returncode != 0
+    assert [line for line in launch.error_lines if "stopped by SIGTERM" in line] == [
+        line for line in launch.error_lines
+    ], launch.output[-3000:]
+    assert len(launch.error_lines) == 1 and "]: Traceback" not in launch.output
+    checkpoint = load_checkpoint(run_dir / "last.pt")
+    # the step the processes agreed on (when the signal reached them), mid-epoch or at its end
+    assert checkpoint["step"] >= 3 and checkpoint["epoch_step"] == checkpoint["step"] % 4
+    assert f"at step {checkpoint['step']}," in launch.error_lines[0]
+    assert main(["distill", "--resume", str(run_dir), "data.batch_size=32"]) == 0
+    assert load_checkpoint(run_dir / "last.pt")["step"] == 8
