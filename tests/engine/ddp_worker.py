@@ -118,7 +118,13 @@ def run_jobs(jobs: list[dict]) -> None:
                 handle.remove()
         dump = Path(job["dump"])
         torch.save(trainer.distiller.state_dict(), f"{dump}-rank{rank}.pt")
-        Path(f"{dump}-rank{rank}.json").write_text(json.dumps({**outcome, "at": trainer.step}))
+        # compile=true: every stage step ran compiled (none fell back to eager)
+        steps = trainer.distiller._steps.values()
+        compiled = bool(steps) and all(not getattr(step, "failed", True) for step in steps)
+        # what DDP leaves out of its per-step broadcast of buffers from rank 0
+        ignored = sorted(getattr(trainer.step_model, "parameters_to_ignore", ()))
+        outcome.update(at=trainer.step, compiled=compiled, ddp_ignored=ignored)
+        Path(f"{dump}-rank{rank}.json").write_text(json.dumps(outcome))
     from mimkd.engine.distributed import shutdown_distributed
 
     shutdown_distributed()

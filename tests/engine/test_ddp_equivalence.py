@@ -90,6 +90,11 @@ def two_processes(idx_folder, teacher, tmp_path_factory):
     local = [*_overrides("mimkd", idx_folder, teacher, folder / "local", 16)]
     local.append("mimkd.negatives_across_ranks=false")
     jobs.append({"overrides": local, "dump": str(folder / "local-state")})
+    # the stage step compiled inside DDP's forward, the all-gathers inside it (aot_eager: traced,
+    # no code generation, as tests/distillers/test_contract.py)
+    compiled = [*_overrides("mimkd", idx_folder, teacher, folder / "compiled", 16)]
+    compiled += ["compile=true", "compile_backend=aot_eager"]
+    jobs.append({"overrides": compiled, "dump": str(folder / "compiled-state")})
     launch = launch_jobs(jobs, folder)
     print(f"\n2-process runs ({len(jobs)} jobs, one torchrun start): {launch.seconds:.1f} s")
     return folder, launch
@@ -135,7 +140,11 @@ def test_two_processes_train_as_one_process_on_the_global_batch(
     print(f"\n{method}: max |2 processes - 1 process| = {difference:.3g}")
     assert difference <= TOLERANCE
     assert all(torch.equal(rank0[key], rank1[key]) for key in rank0)  # both ranks hold one state
-    assert json.loads((folder / f"{method}-state-rank0.json").read_text())["at"] == 3
+    outcome = json.loads((folder / f"{method}-state-rank0.json").read_text())
+    assert outcome["at"] == 3
+    # CRD's memory is kept equal by every rank's update, not re-broadcast by DDP each step
+    memory = ["memory.normalizers", "memory.student_memory", "memory.teacher_memory"]
+    assert outcome["ddp_ignored"] == (memory if method == "crd" else [])
 
     # evaluated on both ranks' shards: what one process measures with the same weights
     run_dir = folder / method
@@ -167,9 +176,19 @@ def test_local_negatives_are_not_the_one_process_loss(idx_folder, teacher, two_p
     assert _max_difference(local, reference) > 100 * TOLERANCE
 
 
+def test_the_compiled_step_under_ddp_is_the_eager_one_process_step(
+    idx_folder, teacher, two_processes, tmp_path
+):
+    folder, _ = two_processes
+    assert json.loads((folder / "compiled-state-rank0.json").read_text())["compiled"]
+    compiled = torch.load(folder / "compiled-state-rank0.pt")
+    reference = _one_process("mimkd", idx_folder, teacher, tmp_path / "one")
+    assert _max_difference(compiled, reference) <= TOLERANCE
+
+
 def test_only_the_asked_files_exist(two_processes):
     folder, _ = two_processes
     names = {p.name for p in folder.iterdir()}
-    dumps = {f"{job}-state-rank{r}.{ext}" for job in [*METHODS, "local"] for r in (0, 1)
-             for ext in ("pt", "json")}  # fmt: skip
-    assert names == {*METHODS, "local", "jobs.json", *dumps}
+    jobs = [*METHODS, "local", "compiled"]
+    dumps = {f"{job}-state-rank{r}.{ext}" for job in jobs for r in (0, 1) for ext in ("pt", "json")}
+    assert names == {*jobs, "jobs.json", *dumps}
