@@ -295,7 +295,10 @@ def convert_sync_batchnorm(module: nn.Module) -> int:
 
 
 def _convert_children(module: nn.Module, replaced: dict[int, nn.Module]) -> None:
-    for name, child in module.named_children():
+    # every name, not named_children(): that lists a module used at two names once
+    for name, child in list(module._modules.items()):
+        if child is None:
+            continue
         if id(child) in replaced:  # one module used at two places stays one module
             setattr(module, name, replaced[id(child)])
         elif isinstance(child, _BatchNorm) and not isinstance(
