@@ -44,8 +44,13 @@ class DataConfig:
         "none | crop_flip (RandomCrop(size, 4) + horizontal flip, batched)",
         choices=("none", "crop_flip"),
     )
-    batch_size: int = option(128, "training batch size (per process)", minimum=1)
-    eval_batch_size: int = option(1000, "evaluation batch size", minimum=1)
+    batch_size: int = option(
+        128,
+        "training batch size per process (global batch: processes x this x "
+        "optim.accumulation_steps)",
+        minimum=1,
+    )
+    eval_batch_size: int = option(1000, "evaluation batch size (per process)", minimum=1)
     num_workers: int = option(
         2, "decoding workers for file-streamed datasets (imagefolder)", minimum=0
     )
@@ -68,6 +73,21 @@ class OptimConfig:
     lr_decay: float = option(0.1, "multistep factor", greater_than=0)
     warmup_epochs: float = option(
         0.0, "linear warm-up from 0 (epochs, fractional allowed)", minimum=0
+    )
+    lr_scaling: str = option(
+        "none",
+        "none: lr as given | linear: lr x global batch / reference_batch_size (Goyal et al. "
+        "2017), printed at the start and kept in results.json",
+        choices=("none", "linear"),
+    )
+    reference_batch_size: int = option(
+        256, "the global batch that lr is given for (lr_scaling=linear)", minimum=1
+    )
+    accumulation_steps: int = option(
+        1,
+        "batches per optimizer step, gradients summed: the global batch is processes x "
+        "data.batch_size x this (exact for per-sample losses without BatchNorm)",
+        minimum=1,
     )
 
 
@@ -137,6 +157,22 @@ class RunConfig:
     resume: bool = option(False, "continue the run in run_dir from its last.pt")
     max_steps: int = option(
         0, "stop after this many steps in total (0: no limit; for smoke runs)", minimum=0
+    )
+    checkpoint_every: int = option(
+        0,
+        "also write last.pt every N optimizer steps (atomically, replacing it; resuming "
+        "continues mid-epoch); 0: at epoch ends only",
+        minimum=0,
+    )
+    sync_batchnorm: bool = option(
+        False,
+        "DDP: BatchNorm normalises with the global batch's statistics (SyncBatchNorm), so N "
+        "processes train as one process on the global batch",
+    )
+    dist_timeout: float = option(
+        600.0,
+        "DDP: seconds a collective waits for the other processes before the run fails",
+        greater_than=0,
     )
 
 

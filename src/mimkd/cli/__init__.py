@@ -3,6 +3,12 @@
 Each command group lives in its own module here (`run`, `models`, `mi`, ...) and adds its
 subcommands with `add_parsers(subparsers, argv)`, each bound to a handler `handler(args) -> int`.
 Every `MimkdError` is caught here, once, and printed as one line on stderr with exit code 2.
+
+Exit codes: 0 done; 1 a crash (a bug: traceback), or a process of a distributed run stopping
+because another one failed; 2 a user error (one line); 75 (EX_TEMPFAIL) stopped by SIGTERM or
+SIGUSR1 with a checkpoint at the current step, to be resumed (a scheduler may requeue); 130 Ctrl-C.
+Under torchrun the other processes of a run stay quiet about an error one process shows
+(an error's `quiet` attribute); `exit_code` on an error or interruption overrides the default.
 """
 
 from __future__ import annotations
@@ -70,7 +76,11 @@ def _interrupted(error: KeyboardInterrupt, argv: list[str]) -> str:
     if not run_dir:
         return "mimkd: interrupted."
     command = argv[0] if argv and argv[0] in ("train", "distill") else "distill"
-    return f"mimkd: interrupted; continue with: mimkd {command} --resume {run_dir}"
+    how = "interrupted"
+    signal_name = getattr(error, "signal_name", None)
+    if signal_name:  # a preemption (`RunPreempted`): last.pt holds the step it stopped at
+        how = f"stopped by {signal_name} at step {error.step}, checkpoint saved"
+    return f"mimkd: {how}; continue with: mimkd {command} --resume {run_dir}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,12 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         args = _parse(argv)
         return args.handler(args)
     except MimkdError as error:
-        message = " ".join(str(error).split())
-        print(f"mimkd: error: {message}", file=sys.stderr)
-        return 2
+        if not getattr(error, "quiet", False):
+            message = " ".join(str(error).split())
+            print(f"mimkd: error: {message}", file=sys.stderr)
+        return getattr(error, "exit_code", 2)
     except KeyboardInterrupt as error:
-        print(_interrupted(error, argv), file=sys.stderr)
-        return 130
+        if not getattr(error, "quiet", False):
+            print(_interrupted(error, argv), file=sys.stderr)
+        return getattr(error, "exit_code", 130)
 
 
 if __name__ == "__main__":

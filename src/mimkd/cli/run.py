@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 from pathlib import Path
 
@@ -97,6 +98,7 @@ def _distill(args) -> int:
 
 
 def _run(args, overrides: list[str]) -> dict:
+    from mimkd.engine.distributed import shutdown_distributed
     from mimkd.engine.run import run_from_args
 
     config_file = args.config
@@ -108,10 +110,17 @@ def _run(args, overrides: list[str]) -> dict:
             )
         config_file = str(run_dir / "config.yaml")
         overrides = [*overrides, "resume=true", f"run_dir={run_dir}"]
-    return run_from_args(config_file, overrides)
+    try:
+        return run_from_args(config_file, overrides)
+    finally:
+        # under torchrun: a failed process closes its connections now, so the others' pending
+        # collectives fail at once instead of at dist_timeout
+        shutdown_distributed()
 
 
 def _print_results(results: dict) -> int:
+    if int(os.environ.get("RANK", "0")) > 0:
+        return 0  # under torchrun every process has the results; the first one prints them
     print(
         f"{results['method']}: best {results['best_accuracy']:.4f} (epoch {results['best_epoch']}), "
         f"last {results['last_accuracy']:.4f}, {results['wall_seconds']:.1f} s -> "

@@ -28,8 +28,11 @@ embeddings, independent of the dataset size; the positive is the other side's cu
 the same sample (detached, as a memory row is), the negatives are all queue entries, N = K =
 queue_size. Sample indices are not needed.
 Either memory is a set of registered buffers (rows, Z, the queue pointer), so `state_dict()` holds
-it and a resumed run continues bit-exactly. Under DDP every rank applies every rank's update (an
-all_gather of the batch), so the buffers stay identical across ranks.
+it and a resumed run continues bit-exactly. Under DDP N processes compute what one process computes
+on the global batch (`mimkd.distillers.collectives`): every rank applies every rank's update (the
+batch gathered in one-process order), draws the global batch's negatives and keeps its own rows,
+and estimates Z from the global first batch; the buffers stay identical on every rank without
+DDP's per-step broadcast from rank 0 (the memory is marked `RankSyncedBuffers`).
 
 Cost: RepDistiller gathers a [B, K+1, dim] tensor per side and step (0.5 GB at batch 64). Here,
 whenever N * (dim + B) <= B * (K+1) * dim (CIFAR-100: 9.6M vs 134M floats), the batch is scored
@@ -48,12 +51,18 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from mimkd.distillers.adapters import LinearEmbed, flat_size
 from mimkd.distillers.base import DistillConfig, Distiller
+from mimkd.distillers.collectives import (
+    RankSyncedBuffers,
+    gather_batch,
+    local_rows,
+    sum_ranks,
+    world,
+)
 from mimkd.distillers.registry import register_distiller
 from mimkd.errors import ConfigError
 from mimkd.options import option
@@ -121,13 +130,14 @@ def memory_scores(
     return torch.bmm(rows, anchors.unsqueeze(2)).squeeze(2)
 
 
-def _gather_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
-    """Every rank's rows, so all ranks apply the same memory update and DDP buffers stay equal."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return tensor
-    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, tensor.contiguous())
-    return torch.cat(parts)
+def _global_mean(values: torch.Tensor) -> torch.Tensor:
+    """The mean over every rank's values (the local mean in one process, computed as before)."""
+    if world()[1] == 1:
+        return values.mean()
+    # float64: the count of every rank's scores can pass 2^24
+    count = torch.tensor(float(values.numel()), dtype=torch.float64, device=values.device)
+    totals = sum_ranks(torch.stack([values.sum().double(), count]))
+    return (totals[0] / totals[1]).to(values.dtype)
 
 
 def _uniform_rows(rows: int, dim: int) -> torch.Tensor:
@@ -136,7 +146,7 @@ def _uniform_rows(rows: int, dim: int) -> torch.Tensor:
     return torch.rand(rows, dim).mul_(2 * bound).add_(-bound)
 
 
-class _ContrastMemory(nn.Module):
+class _ContrastMemory(RankSyncedBuffers, nn.Module):
     """Shared part of both memories: the NCE normaliser Z per side, estimated on the first step."""
 
     size: int
@@ -151,7 +161,7 @@ class _ContrastMemory(nn.Module):
         exp_scores = torch.exp(scores / self.temperature)
         with torch.no_grad():
             current = self.normalizers[side]
-            normalizer = torch.where(current > 0, current, exp_scores.mean() * self.size)
+            normalizer = torch.where(current > 0, current, _global_mean(exp_scores) * self.size)
             self.normalizers[side] = normalizer
         # divide by the fresh tensor, not a view of the buffer the other side writes next
         return exp_scores / normalizer
@@ -187,8 +197,10 @@ class ContrastBank(_ContrastMemory):
         """P for student anchors and for teacher anchors, each [B, 1 + K]; then the update."""
         indices = indices.to(self.student_memory.device)
         if negatives is None:
-            negatives = torch.randint(
-                self.size, (indices.shape[0], self.num_negatives), device=indices.device
+            # drawn for the global batch on every rank, this rank's rows kept: one process's draw
+            global_batch = indices.shape[0] * world()[1]
+            negatives = local_rows(
+                torch.randint(self.size, (global_batch, self.num_negatives), device=indices.device)
             )
         draws = torch.cat([indices.view(-1, 1), negatives], dim=1)
         student_scores = memory_scores(self.teacher_memory, student_embed, draws, self.dense)
@@ -203,12 +215,12 @@ class ContrastBank(_ContrastMemory):
         self, student_embed: torch.Tensor, teacher_embed: torch.Tensor, indices: torch.Tensor
     ) -> None:
         """row <- normalize(m * row + (1 - m) * embedding) for the batch's samples."""
-        indices = _gather_across_ranks(indices)
+        indices = gather_batch(indices)
         for memory, embed in (
             (self.student_memory, student_embed),
             (self.teacher_memory, teacher_embed),
         ):
-            embed = _gather_across_ranks(embed.detach().to(memory.dtype))
+            embed = gather_batch(embed.detach().to(memory.dtype))
             rows = memory.index_select(0, indices).mul_(self.momentum)
             rows.add_(embed, alpha=1 - self.momentum)
             memory.index_copy_(0, indices, F.normalize(rows, dim=1))
@@ -251,8 +263,9 @@ class ContrastQueue(_ContrastMemory):
 
     @torch.no_grad()
     def enqueue(self, student_embed: torch.Tensor, teacher_embed: torch.Tensor) -> None:
-        student_rows = _gather_across_ranks(student_embed.detach().to(self.student_queue.dtype))
-        teacher_rows = _gather_across_ranks(teacher_embed.detach().to(self.teacher_queue.dtype))
+        # the global batch in one-process order: the queue holds what one process's would
+        student_rows = gather_batch(student_embed.detach().to(self.student_queue.dtype))
+        teacher_rows = gather_batch(teacher_embed.detach().to(self.teacher_queue.dtype))
         count = min(student_rows.shape[0], self.size)
         positions = (self.pointer + torch.arange(count, device=self.pointer.device)) % self.size
         self.student_queue.index_copy_(0, positions, student_rows[-count:])

@@ -28,7 +28,7 @@ from mimkd.distillers import (
     method_info,
 )
 from mimkd.engine.checkpoint import seed_everything
-from mimkd.engine.distributed import init_distributed
+from mimkd.engine.distributed import DistributedContext, init_distributed
 from mimkd.engine.fast import prepare_frozen_teacher
 from mimkd.engine.rundir import RunFolder, claim_run_folder
 from mimkd.engine.trainer import RunParts, evaluate
@@ -81,93 +81,53 @@ def build_run(
     """Assemble a run from its config; modules and a dataset passed in are used as they are.
 
     The run folder is claimed first (locked, checked: see `mimkd.engine.rundir`), so a folder the
-    run may not use is refused before any data is read; `Trainer.fit` releases it.
+    run may not use is refused before any data is read; `Trainer.fit` releases it. Under DDP
+    rank 0 claims it and every rank learns the outcome; an error in any rank's set-up stops
+    every rank, shown once (`DistributedContext.agreement`: the blocks below hold no collective).
     """
-    distributed = init_distributed()
+    distributed = init_distributed(config.dist_timeout)
     seed_everything(config.seed)
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
-    device = select_device(config.device, distributed.local_rank)
-    info = method_info(config.method)
-    if config.data.batch_size < info.min_batch_size:
-        raise ConfigError(
-            f"method {config.method!r} compares samples within a batch and needs "
-            f"data.batch_size >= {info.min_batch_size}; got {config.data.batch_size}."
-        )
-    if method_config is None:
-        method_config = method_config_class(config.method)()
-    recorded_config = config_to_dict(config, method_config)
-    run_dir = distributed.broadcast_path(new_run_dir(config))  # every rank uses rank 0's folder
+    with distributed.agreement():
+        device = select_device(config.device, distributed.local_rank)
+        info = method_info(config.method)
+        if config.data.batch_size < info.min_batch_size:
+            raise ConfigError(
+                f"method {config.method!r} compares samples within a batch and needs "
+                f"data.batch_size >= {info.min_batch_size}; got {config.data.batch_size}."
+            )
+        if method_config is None:
+            method_config = method_config_class(config.method)()
+        recorded_config = config_to_dict(config, method_config)
+        run_dir = new_run_dir(config)
+    run_dir = distributed.broadcast_path(run_dir)  # every rank uses rank 0's folder
     folder = None
-    if distributed.is_main:
-        folder = claim_run_folder(run_dir, resume=config.resume, config=recorded_config)
+    with distributed.agreement():
+        if distributed.is_main:
+            folder = claim_run_folder(run_dir, resume=config.resume, config=recorded_config)
     with _abandoned_on_failure(folder):
-        if dataset is None:
-            dataset = load_dataset(
-                config.data.name,
-                root=config.data.root,
-                download=config.data.download,
-                image_size=config.data.image_size,
-                channels=config.data.channels,
-                train_subset=config.data.train_subset,
-                test_subset=config.data.test_subset,
-                augment=config.data.augment,
+        with distributed.agreement():
+            dataset, student, teacher, teacher_record, train_loader, test_loader = _data_and_models(
+                config, info, distributed, device, student, teacher, dataset
             )
-        channels, height, width = dataset.image_shape
-        sample_input = torch.zeros(2, channels, height, width)
-
-        if student is None:
-            weights = {"weights": config.model.weights} if config.model.weights else {}
-            student = create_model(
-                config.model.name, num_classes=dataset.num_classes, in_channels=channels, **weights
-            )
-        teacher, teacher_record = _teacher(config, info, teacher, dataset)
-        if teacher is not None:
-            _check_classes(teacher, sample_input, dataset.num_classes, "teacher")
-        _check_classes(student, sample_input, dataset.num_classes, "student")
-
-        # a last batch too small for the method's negatives is dropped; otherwise every image is used
-        remainder = (len(dataset.train) // distributed.world_size) % config.data.batch_size
-        train_loader = make_loader(
-            dataset.train,
-            config.data.batch_size,
-            mean=dataset.mean,
-            std=dataset.std,
-            device=device,
-            train=True,
-            augment=config.data.augment,
-            seed=config.seed,
-            num_workers=config.data.num_workers,
-            drop_last=0 < remainder < info.min_batch_size,
-            rank=distributed.rank,
-            world_size=distributed.world_size,
-            channels_last=config.channels_last,
-        )
-        test_loader = make_loader(
-            dataset.test,
-            config.data.eval_batch_size,
-            mean=dataset.mean,
-            std=dataset.std,
-            device=device,
-            train=False,
-            num_workers=config.data.num_workers,
-            channels_last=config.channels_last,
-        )
         if teacher is not None and teacher_record["teacher_accuracy"] is None:
             teacher_record["teacher_accuracy"] = evaluate(
-                teacher.to(device), test_loader, contextlib.nullcontext
+                teacher.to(device), test_loader, contextlib.nullcontext, distributed
             )["top1"]
-
-        context = DistillerContext(
-            num_classes=dataset.num_classes,
-            sample_input=sample_input,
-            num_train_samples=len(dataset.train),
-            total_epochs=config.epochs,
-        )
-        distiller = create_distiller(config.method, student, teacher, context, method_config)
-        if distiller.teacher is not None and config.fast_teacher:
-            # after the distiller registered its taps: the fold leaves every hooked value as it was
-            prepare_frozen_teacher(distiller.teacher)
+        channels, height, width = dataset.image_shape
+        with distributed.agreement():
+            context = DistillerContext(
+                num_classes=dataset.num_classes,
+                sample_input=torch.zeros(2, channels, height, width),
+                num_train_samples=len(dataset.train),
+                total_epochs=config.epochs,
+            )
+            distiller = create_distiller(config.method, student, teacher, context, method_config)
+            if distiller.teacher is not None and config.fast_teacher:
+                # after the distiller registered its taps: the fold leaves every hooked value as
+                # it was
+                prepare_frozen_teacher(distiller.teacher)
 
         record = {
             "title": f"{config.method}: {config.model.name} on {dataset.name}",
@@ -205,6 +165,73 @@ def build_run(
             record=record,
             folder=folder,
         )
+
+
+def _data_and_models(
+    config: RunConfig,
+    info,
+    distributed: DistributedContext,
+    device: torch.device,
+    student: nn.Module | None,
+    teacher: nn.Module | None,
+    dataset: DatasetBundle | None,
+):
+    """The dataset, the student and teacher (checked against it) and both loaders."""
+    if dataset is None:
+        dataset = load_dataset(
+            config.data.name,
+            root=config.data.root,
+            download=config.data.download,
+            image_size=config.data.image_size,
+            channels=config.data.channels,
+            train_subset=config.data.train_subset,
+            test_subset=config.data.test_subset,
+            augment=config.data.augment,
+        )
+    channels, height, width = dataset.image_shape
+    sample_input = torch.zeros(2, channels, height, width)
+
+    if student is None:
+        weights = {"weights": config.model.weights} if config.model.weights else {}
+        student = create_model(
+            config.model.name, num_classes=dataset.num_classes, in_channels=channels, **weights
+        )
+    teacher, teacher_record = _teacher(config, info, teacher, dataset)
+    if teacher is not None:
+        _check_classes(teacher, sample_input, dataset.num_classes, "teacher")
+    _check_classes(student, sample_input, dataset.num_classes, "student")
+
+    # a last batch too small for the method's negatives is dropped; otherwise every image is used
+    remainder = (len(dataset.train) // distributed.world_size) % config.data.batch_size
+    train_loader = make_loader(
+        dataset.train,
+        config.data.batch_size,
+        mean=dataset.mean,
+        std=dataset.std,
+        device=device,
+        train=True,
+        augment=config.data.augment,
+        seed=config.seed,
+        num_workers=config.data.num_workers,
+        drop_last=0 < remainder < info.min_batch_size,
+        rank=distributed.rank,
+        world_size=distributed.world_size,
+        channels_last=config.channels_last,
+    )
+    # every rank evaluates its shard; `evaluate` adds the counts over ranks
+    test_loader = make_loader(
+        dataset.test,
+        config.data.eval_batch_size,
+        mean=dataset.mean,
+        std=dataset.std,
+        device=device,
+        train=False,
+        num_workers=config.data.num_workers,
+        rank=distributed.rank,
+        world_size=distributed.world_size,
+        channels_last=config.channels_last,
+    )
+    return dataset, student, teacher, teacher_record, train_loader, test_loader
 
 
 @contextlib.contextmanager

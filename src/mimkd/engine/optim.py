@@ -1,4 +1,11 @@
-"""SGD and the learning-rate schedules of the KD protocols, as one per-step LambdaLR."""
+"""SGD and the learning-rate schedules of the KD protocols, as one per-step LambdaLR.
+
+The learning rate is `optim.lr` unless `optim.lr_scaling=linear` scales it with the global batch
+(processes x data.batch_size x optim.accumulation_steps) against `optim.reference_batch_size`
+(Goyal et al. 2017, "Accurate, Large Minibatch SGD": lr 0.1 per 256 images). Never implicit: a run
+on more processes keeps its learning rate unless the config asks, and the trainer prints the
+scaled value. The schedule counts optimizer steps (with accumulation, one per accumulated batch).
+"""
 
 from __future__ import annotations
 
@@ -10,14 +17,25 @@ from torch import nn
 from mimkd.config import OptimConfig
 
 
+def scaled_lr(config: OptimConfig, global_batch_size: int) -> float:
+    """The learning rate the run trains with: `lr`, or `lr` x global batch / reference batch."""
+    if config.lr_scaling == "linear":
+        return config.lr * global_batch_size / config.reference_batch_size
+    return config.lr
+
+
 def build_optimizer(
-    params: list[nn.Parameter], config: OptimConfig, device: torch.device
+    params: list[nn.Parameter],
+    config: OptimConfig,
+    device: torch.device,
+    lr: float | None = None,
 ) -> torch.optim.Optimizer:
+    """SGD at `lr` (default `config.lr`; the trainer passes `scaled_lr`)."""
     # foreach kernels batch the update over all tensors (fused SGD where the device supports it)
     fused = device.type == "cuda"
     return torch.optim.SGD(
         params,
-        lr=config.lr,
+        lr=config.lr if lr is None else lr,
         momentum=config.momentum,
         nesterov=config.nesterov and config.momentum > 0,
         weight_decay=config.weight_decay,

@@ -48,7 +48,16 @@ RUN_FILES = (
 )
 REPORT_FILES = ("curves.png", "report.md", "results.json")
 # keys that change how a run is watched or where it is written, not what it computes
-_NOT_COMPARED = ("resume", "run_dir", "out_dir", "progress", "tensorboard", "log_every")
+_NOT_COMPARED = (
+    "resume",
+    "run_dir",
+    "out_dir",
+    "progress",
+    "tensorboard",
+    "log_every",
+    "checkpoint_every",
+    "dist_timeout",
+)
 
 NEW, RESTART, RESUME = "new", "restart", "resume"
 

@@ -9,6 +9,14 @@ record, then writes last.pt, then best.pt. Resuming reads last.pt, drops the met
 its step (that work is done again), rebuilds best.pt from last.pt when a kill fell between the two,
 deletes our temp files and any report older than the checkpoint. So metrics.jsonl holds each epoch
 once, best.pt agrees with results.json, and the weights end bit-identical to an uninterrupted run.
+
+Mid-epoch (README "Multi-GPU and clusters"): `checkpoint_every=N` also writes last.pt every N
+optimizer steps, with the loader's position and the epoch's running sums, so a resumed run takes
+the epoch's remaining batches in the same order and logs the records an uninterrupted run logs.
+SIGTERM or SIGUSR1 (what SLURM and Kubernetes send before they preempt a job) sets a flag; at the
+next step every rank agrees to stop, rank 0 writes last.pt at that step, and the run raises
+`RunPreempted` (the CLI exits with `PREEMPTED_EXIT_CODE`, 75). Checkpoints do not depend on the
+number of processes: a run resumes on another world size with the same global batch.
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,13 +39,12 @@ from tqdm.auto import tqdm
 from mimkd.config import RunConfig
 from mimkd.distillers.base import Distiller, StepOutput
 from mimkd.engine.checkpoint import capture_rng_state, restore_rng_state
-from mimkd.engine.distributed import DistributedContext
+from mimkd.engine.distributed import DistributedContext, convert_sync_batchnorm
 from mimkd.engine.fast import CompiledOrEager, resolve_compile, resolve_precision, uses_cuda_graphs
-from mimkd.engine.optim import build_optimizer, build_scheduler
+from mimkd.engine.optim import build_optimizer, build_scheduler, scaled_lr
 from mimkd.engine.report import write_run_report
 from mimkd.engine.rundir import (
     REPORT_FILES,
-    RESTART,
     RESUME,
     RUN_FILES,
     RunFolder,
@@ -54,6 +63,12 @@ from mimkd.serialization import (
 
 # recorded in checkpoints, not repeated in results.json
 _NOT_IN_RESULTS = ("config", "class_names", "mean", "std", "model_name", "in_channels", "input")
+# EX_TEMPFAIL (sysexits.h): stopped by a scheduler's signal, checkpointed; run again to continue
+PREEMPTED_EXIT_CODE = 75
+# what schedulers send before they preempt or time out a job (SIGUSR1: SLURM's --signal)
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name)
+)
 
 
 @dataclass
@@ -86,16 +101,44 @@ class RunningSums:
         self.samples += batch_size
         self.steps += 1
 
-    def read(self) -> dict[str, float]:
+    def read(self, distributed: DistributedContext | None = None) -> dict[str, float]:
+        """Means per step; with `distributed`, over every rank's steps (called on every rank at
+        the same step: the mean one process reports, as every rank averages equal batches)."""
         if not self.sums:
             return {}
         keys = list(self.sums)
-        stacked = torch.stack([self.sums[k] for k in keys]).cpu().tolist()
-        return {key: value / max(self.steps, 1) for key, value in zip(keys, stacked)}
+        stacked = torch.stack([self.sums[k] for k in keys])
+        ranks = 1
+        if distributed is not None and distributed.enabled:
+            stacked = distributed.sum(stacked)
+            ranks = distributed.world_size
+        values = stacked.cpu().tolist()
+        return {key: value / max(self.steps * ranks, 1) for key, value in zip(keys, values)}
+
+    def state_dict(self) -> dict:
+        return {
+            "sums": {key: value.cpu() for key, value in self.sums.items()},
+            "samples": self.samples.cpu(),
+            "steps": self.steps,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict | None, device: torch.device) -> RunningSums:
+        sums = cls(device)
+        if state is not None:
+            sums.sums = {key: value.to(device) for key, value in state["sums"].items()}
+            sums.samples = state["samples"].to(device)
+            sums.steps = state["steps"]
+        return sums
 
 
-def evaluate(model: torch.nn.Module, loader, autocast) -> dict[str, float]:
-    """Top-1/top-5 accuracy and mean CE of `model` over a loader (one host sync at the end)."""
+def evaluate(
+    model: torch.nn.Module, loader, autocast, distributed: DistributedContext | None = None
+) -> dict[str, float]:
+    """Top-1/top-5 accuracy and mean CE of `model` over a loader (one host sync at the end).
+
+    With `distributed`, each rank evaluates its shard of the test set (every sample once over
+    all ranks) and the sums are added over ranks: the numbers one process gets."""
     was_training = model.training
     model.eval()
     device_sums = None
@@ -114,8 +157,18 @@ def evaluate(model: torch.nn.Module, loader, autocast) -> dict[str, float]:
             )
             device_sums = batch if device_sums is None else device_sums + batch
     model.train(was_training)
+    if device_sums is None:  # an empty shard (a test set smaller than the number of ranks)
+        device_sums = torch.zeros(4, device=_module_device(model))
+    if distributed is not None and distributed.enabled:
+        device_sums = distributed.sum(device_sums)
     top1, top5, loss, count = device_sums.cpu().tolist()
+    count = max(count, 1.0)
     return {"top1": top1 / count, "top5": top5 / count, "loss": loss / count, "count": count}
+
+
+def _module_device(model) -> torch.device:
+    parameter = next(iter(getattr(model, "parameters", list)()), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 @dataclass
@@ -144,8 +197,22 @@ class RunInterrupted(KeyboardInterrupt):
         self.run_dir = str(run_dir)
 
 
+class RunPreempted(RunInterrupted):
+    """SIGTERM/SIGUSR1 during `fit`: last.pt holds the step the run stopped at (every rank
+    raises it; `quiet` on all but rank 0, so the CLI prints one line)."""
+
+    exit_code = PREEMPTED_EXIT_CODE
+
+    def __init__(self, run_dir: Path, signal_name: str, step: int, *, quiet: bool = False):
+        super().__init__(run_dir)
+        self.signal_name = signal_name
+        self.step = step
+        self.quiet = quiet
+
+
 class Trainer:
-    """Trains `parts.distiller`, checkpoints every epoch, and writes the run's report."""
+    """Trains `parts.distiller`, checkpoints every epoch (and every `checkpoint_every` steps),
+    and writes the run's report."""
 
     def __init__(self, parts: RunParts, *, log_line: Callable[[str], Any] | None = None):
         config, device = parts.config, parts.device
@@ -161,11 +228,22 @@ class Trainer:
         self.log_line = log_line or (lambda text: tqdm.write(text))
         if config.channels_last:
             self.distiller.to(memory_format=torch.channels_last)
+        if config.sync_batchnorm and self.distributed.enabled:
+            # the student and the method's modules; the frozen teacher runs in eval mode
+            for module in [self.distiller.student, *self.distiller.extra_modules()]:
+                convert_sync_batchnorm(module)
+        # an optimizer step takes `accumulation` batches: the schedule counts optimizer steps
+        self.accumulation = config.optim.accumulation_steps
+        self.batches_per_epoch = len(self.train_loader)
+        self.steps_per_epoch = max(1, math.ceil(self.batches_per_epoch / self.accumulation))
+        batch_size = getattr(self.train_loader, "batch_size", config.data.batch_size)
+        self.global_batch_size = self.distributed.world_size * batch_size * self.accumulation
+        self.lr = scaled_lr(config.optim, self.global_batch_size)
         self.optimizer = build_optimizer(
-            self.distiller.trainable_parameters(), config.optim, device
+            self.distiller.trainable_parameters(), config.optim, device, lr=self.lr
         )
         self.scheduler = build_scheduler(
-            self.optimizer, config.optim, len(self.train_loader), config.epochs
+            self.optimizer, config.optim, self.steps_per_epoch, config.epochs
         )
         # bf16 needs no loss scaling; the scaler is kept (disabled) so checkpoints have one format
         self.scaler = torch.amp.GradScaler(device.type, enabled=False)
@@ -188,7 +266,8 @@ class Trainer:
             )
             self.cuda_graphs = uses_cuda_graphs(config.compile_mode, device)
         self.epoch = 0  # completed epochs
-        self.step = 0
+        self.step = 0  # optimizer steps
+        self.epoch_step = 0  # optimizer steps of the unfinished epoch
         self.best_accuracy = -1.0
         self.best_epoch = 0
         self.saved_epoch = 0  # the epoch last.pt holds (0: none written or resumed yet)
@@ -197,6 +276,9 @@ class Trainer:
         self.metrics_file = self.run_dir / "metrics.jsonl"
         self.tensorboard = None
         self._epoch_tensor = torch.zeros((), device=device)
+        self._batch_sizes: list[int] | None = None  # per batch of an epoch, for accumulation
+        self._resumed_sums: dict | None = None  # a mid-epoch checkpoint's running sums
+        self._stop_signal: int | None = None  # a scheduler's stop signal, received
 
     # ---- precision / compile -----------------------------------------------------------------
     def autocast(self):
@@ -205,7 +287,8 @@ class Trainer:
         return contextlib.nullcontext()
 
     # ---- checkpoints -------------------------------------------------------------------------
-    def state_dict(self) -> dict:
+    def state_dict(self, running: dict | None = None) -> dict:
+        """Everything resuming needs; `running`: the unfinished epoch's sums (mid-epoch)."""
         return {
             "format": CHECKPOINT_FORMAT,
             "model": self.distiller.student.state_dict(),
@@ -217,6 +300,10 @@ class Trainer:
             "loader": self.train_loader.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
+            "epoch_step": self.epoch_step,
+            "running": running,
+            "global_batch_size": self.global_batch_size,
+            "world_size": self.distributed.world_size,
             "best_accuracy": self.best_accuracy,
             "best_epoch": self.best_epoch,
             "history": self.history,
@@ -234,6 +321,12 @@ class Trainer:
                 self._write_checkpoint(state, "best.pt")
         self.saved_epoch = self.epoch
 
+    def save_mid_epoch(self, sums: RunningSums, interval: RunningSums) -> None:
+        """last.pt at the current step of an unfinished epoch (best.pt is an epoch's)."""
+        if self.distributed.is_main:
+            running = {"epoch": sums.state_dict(), "interval": interval.state_dict()}
+            self._write_checkpoint(self.state_dict(running), "last.pt")
+
     def _write_checkpoint(self, state: dict, name: str) -> None:
         with run_folder_writes(self.run_dir, self.run_dir / name):
             atomic_save(state, self.run_dir / name)
@@ -245,6 +338,7 @@ class Trainer:
             raise CheckpointError(
                 f"{path} is not a mimkd training checkpoint; resume from a run's last.pt."
             )
+        self._check_global_batch(path, state)
         try:
             self.distiller.student.load_state_dict(state["model"])
         except RuntimeError as error:
@@ -257,20 +351,47 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         restore_rng_state(state["rng"])
-        self.train_loader.load_state_dict(state["loader"])
         self.epoch = state["epoch"]
         self.step = state["step"]
+        self.epoch_step = state.get("epoch_step", 0)
+        # the loader continues the epoch after the batches its optimizer steps took, counted in
+        # this run's batches (the same samples whatever the number of processes)
+        self.train_loader.load_state_dict(
+            {**state["loader"], "position": self.epoch_step * self.accumulation}
+        )
+        self._resumed_sums = state.get("running")
         self.best_accuracy = state["best_accuracy"]
         self.best_epoch = state["best_epoch"]
         self.saved_epoch = self.epoch
         self.history = list(state["history"])
         return state
 
+    def _check_global_batch(self, path: str | Path, state: dict) -> None:
+        """The global batch fixes the schedule and which samples each step takes: a run may
+        resume on another number of processes, not with another global batch."""
+        recorded = state.get("global_batch_size")
+        if recorded is None or recorded == self.global_batch_size:
+            return
+        world = self.distributed.world_size
+        batch = self.global_batch_size // (world * self.accumulation)
+        hints = []
+        if recorded % (world * self.accumulation) == 0:
+            hints.append(f"data.batch_size={recorded // (world * self.accumulation)}")
+        if recorded % (world * batch) == 0:
+            hints.append(f"optim.accumulation_steps={recorded // (world * batch)}")
+        fix = f"pass {' or '.join(hints)}" if hints else "choose data.batch_size and processes"
+        raise CheckpointError(
+            f"{path} trains with a global batch of {recorded} images (processes x "
+            f"data.batch_size x optim.accumulation_steps); this run's is {self.global_batch_size} "
+            f"({world} x {batch} x {self.accumulation}). To continue it on {world} "
+            f"process{'es' if world > 1 else ''}, {fix}."
+        )
+
     def _repair_best(self, state: dict) -> None:
         """A kill between last.pt and best.pt leaves best.pt one epoch behind a last.pt that
         records itself as the best epoch: write best.pt from last.pt's state."""
-        if state["best_epoch"] != state["epoch"]:
-            return
+        if state.get("epoch_step", 0) or state["best_epoch"] != state["epoch"]:
+            return  # a mid-epoch last.pt is never a best.pt
         best = self.run_dir / "best.pt"
         if best.is_file():
             try:
@@ -294,6 +415,10 @@ class Trainer:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key not in ("epoch", "step"):
                     self.tensorboard.add_scalar(key, value, record["epoch"])
+
+    def _log_main(self, text: str) -> None:
+        if self.distributed.is_main:
+            self.log_line(text)
 
     def _open_tensorboard(self) -> None:
         if self.config.tensorboard and self.distributed.is_main:
@@ -330,23 +455,25 @@ class Trainer:
 
     def _open_run(self) -> None:
         """Claim the folder, resume (reading before anything in the folder is written), tidy
-        what a kill left there, then record the config."""
-        self.folder = self._claim_folder()
-        last = self.run_dir / "last.pt"
-        if self.folder is not None:
-            plan = self.folder.plan
-        else:  # other processes of a distributed run follow the main one's folder
-            plan = RESUME if self.config.resume and last.is_file() else RESTART
+        what a kill left there, then record the config. Every rank follows rank 0's plan; an
+        error on any rank stops all (shown once, by the lowest failing rank)."""
         try:
-            state = self.resume(last) if plan == RESUME else None
-            if self.folder is not None:
-                with run_folder_writes(self.run_dir):
-                    self._tidy_folder(state)
-                    config = self._recorded_config()
-                    if config is not None:
-                        atomic_write_text(
-                            self.run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False)
-                        )
+            with self.distributed.agreement():
+                self.folder = self._claim_folder()
+            plan = self.distributed.broadcast_object(
+                self.folder.plan if self.folder is not None else None
+            )
+            with self.distributed.agreement():
+                state = self.resume(self.run_dir / "last.pt") if plan == RESUME else None
+                if self.folder is not None:
+                    with run_folder_writes(self.run_dir):
+                        self._tidy_folder(state)
+                        config = self._recorded_config()
+                        if config is not None:
+                            atomic_write_text(
+                                self.run_dir / "config.yaml",
+                                yaml.safe_dump(config, sort_keys=False),
+                            )
         except BaseException:
             self._release_folder()
             raise
@@ -364,11 +491,49 @@ class Trainer:
                 (self.run_dir / name).unlink(missing_ok=True)
 
     def _total_steps(self) -> int:
-        total = self.config.epochs * len(self.train_loader)
+        total = self.config.epochs * self.steps_per_epoch
         return min(total, self.config.max_steps) if self.config.max_steps else total
 
     def _training_left(self) -> bool:
         return self.epoch < self.config.epochs and self.step < self._total_steps()
+
+    # ---- stop signals ------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _stop_signals(self):
+        """While training, SIGTERM/SIGUSR1 set a flag the loop reads at the next step (Python
+        runs handlers in the main thread only: a fit elsewhere keeps the default handlers)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def received(signum, _frame) -> None:
+            if self._stop_signal is None:
+                self._stop_signal = signum
+
+        previous = {number: signal.signal(number, received) for number in STOP_SIGNALS}
+        try:
+            yield
+        except RunPreempted:
+            # stopping as asked: a repeat of the signal (a launcher terminating the processes
+            # that have not exited yet) must not turn this exit into a death by signal
+            previous = dict.fromkeys(previous, signal.SIG_IGN)
+            raise
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+    def _stop_agreed(self) -> bool:
+        """Whether any rank received a stop signal: the same answer (and signal) on every rank,
+        at the same step (a small all-reduce on a gloo group)."""
+        received = self.distributed.max_over_ranks(self._stop_signal or 0)
+        if received:
+            self._stop_signal = received
+        return bool(received)
+
+    def _preempted(self) -> RunPreempted:
+        name = signal.Signals(self._stop_signal).name
+        self._log_main(f"{name}: checkpoint at step {self.step} in {self.run_dir / 'last.pt'}")
+        return RunPreempted(self.run_dir, name, self.step, quiet=not self.distributed.is_main)
 
     # ---- the loop ----------------------------------------------------------------------------
     def fit(self) -> TrainResult:
@@ -377,14 +542,29 @@ class Trainer:
         The run folder is locked from the start to the end of `fit`, on every way out."""
         self._open_run()
         try:
-            return self._fit()
+            with self._stop_signals():
+                return self._fit()
+        except RunInterrupted:
+            raise
         except KeyboardInterrupt:
             raise RunInterrupted(self.run_dir) from None
+        except Exception as error:
+            # a collective that failed because another rank did: that rank shows the error
+            note = self.distributed.peer_failure(error)
+            if note is not None:
+                raise note from None
+            raise
         finally:
             self._release_folder()
 
     def _fit(self) -> TrainResult:
         self._open_tensorboard()
+        if self.lr != self.config.optim.lr:
+            self._log_main(
+                f"optim.lr_scaling={self.config.optim.lr_scaling}: lr {self.config.optim.lr:g} x "
+                f"global batch {self.global_batch_size} / {self.config.optim.reference_batch_size}"
+                f" = {self.lr:g}"
+            )
         start = time.perf_counter()
         total_steps = self._total_steps()
         bar = tqdm(
@@ -398,6 +578,9 @@ class Trainer:
         try:
             while self.epoch < self.config.epochs and self.step < total_steps:
                 self._train_epoch(bar, total_steps)
+                # a signal during the evaluation: last.pt is current (a finished run finishes)
+                if self._training_left() and self._stop_agreed():
+                    raise self._preempted()
         finally:
             bar.close()
             if self.tensorboard is not None:
@@ -411,6 +594,10 @@ class Trainer:
             "last_accuracy": last,
             "epochs": self.config.epochs,
             "seed": self.config.seed,
+            "world_size": self.distributed.world_size,
+            "global_batch_size": self.global_batch_size,
+            "lr": self.lr,
+            "lr_scaling": self.config.optim.lr_scaling,
             "wall_seconds": wall_seconds,
             "run_dir": str(self.run_dir),
         }
@@ -428,50 +615,109 @@ class Trainer:
         )
 
     def train_step(self, images, labels, indices=None) -> StepOutput:
-        """One optimisation step: the distiller's forward in the run's precision (its stage step,
-        compiled when compile is on), backward, SGD and the schedule. No host sync."""
+        """One optimisation step on one batch: the distiller's forward in the run's precision
+        (its stage step, compiled when compile is on), backward, SGD and the schedule. No host
+        sync."""
+        output = self._forward_backward(images, labels, indices, first=True, weight=1.0)
+        self._optimizer_step()
+        return output
+
+    def _forward_backward(
+        self, images, labels, indices, *, first: bool, weight: float
+    ) -> StepOutput:
+        """Forward and backward of one batch, its loss weighted by `weight` (its share of the
+        optimizer step's samples); `first` of a step clears the gradients first."""
         if self.cuda_graphs:
             # the previous step's graph outputs were consumed; let the next replay reuse them
             torch.compiler.cudagraph_mark_step_begin()
         with self.autocast():
             output = self.step_model(images, labels, indices, self._epoch_tensor)
-        self.optimizer.zero_grad(set_to_none=True)
-        output.total_loss.backward()
+        if first:
+            self.optimizer.zero_grad(set_to_none=True)
+        loss = output.total_loss if weight == 1.0 else output.total_loss * weight
+        loss.backward()
+        return output
+
+    def _optimizer_step(self) -> None:
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        return output
+        self.epoch_step += 1
+
+    def _accumulate(self, images, labels, indices, batch: int) -> StepOutput:
+        """Batch `batch` of the epoch, as a part of its optimizer step: DDP all-reduces the
+        gradients after the step's last batch only (`no_sync` before)."""
+        first = batch % self.accumulation == 0
+        last = self._ends_step(batch + 1)
+        no_sync = getattr(self.step_model, "no_sync", None)
+        with contextlib.nullcontext() if last or no_sync is None else no_sync():
+            return self._forward_backward(
+                images, labels, indices, first=first, weight=self._batch_weight(batch)
+            )
+
+    def _ends_step(self, batches_done: int) -> bool:
+        return batches_done % self.accumulation == 0 or batches_done == self.batches_per_epoch
+
+    def _batch_weight(self, batch: int) -> float:
+        """The batch's share of its optimizer step's samples: the step's gradient is then that
+        of the mean over all of them, as one batch of their size would give."""
+        if self.accumulation == 1:
+            return 1.0
+        if self._batch_sizes is None:
+            sizes = getattr(self.train_loader, "batch_sizes", None)
+            self._batch_sizes = sizes() if sizes else [1] * self.batches_per_epoch
+        first = batch - batch % self.accumulation
+        group = self._batch_sizes[first : first + self.accumulation]
+        return self._batch_sizes[batch] / sum(group)
 
     def _train_epoch(self, bar, total_steps: int) -> None:
         self.distiller.train()
         self.distiller.on_epoch_start(self.epoch)
         # the epoch reaches the step as a tensor: a compiled step never specialises on it
         self._epoch_tensor = torch.tensor(float(self.epoch), device=self.device)
-        sums = RunningSums(self.device)
-        interval = RunningSums(self.device)
+        running, self._resumed_sums = self._resumed_sums or {}, None
+        sums = RunningSums.from_state(running.get("epoch"), self.device)
+        interval = RunningSums.from_state(running.get("interval"), self.device)
         epoch_start = time.perf_counter()
         interval_start = epoch_start
         log_every = max(1, self.config.log_every)
-        for images, labels, indices in self.train_loader:
-            output = self.train_step(images, labels, indices)
-            correct = (output.logits.detach().argmax(dim=1) == labels).sum()
-            values = {"loss": output.total_loss, "train_correct": correct / labels.shape[0]}
-            values.update({f"loss_{k}": v for k, v in output.losses.items()})
-            values.update(output.metrics)
-            sums.add(values, labels.shape[0])
-            interval.add(values, labels.shape[0])
-            if self.step % log_every == 0 or self.step >= total_steps:
-                interval_start = self._report_interval(bar, interval, interval_start)
-                interval = RunningSums(self.device)
-            if self.step >= total_steps:
-                break
+        batch = self.epoch_step * self.accumulation  # the loader resumes there too
+        batches = iter(self.train_loader)
+        try:
+            for images, labels, indices in batches:
+                output = self._accumulate(images, labels, indices, batch)
+                batch += 1
+                correct = (output.logits.detach().argmax(dim=1) == labels).sum()
+                values = {"loss": output.total_loss, "train_correct": correct / labels.shape[0]}
+                values.update({f"loss_{k}": v for k, v in output.losses.items()})
+                values.update(output.metrics)
+                sums.add(values, labels.shape[0])
+                interval.add(values, labels.shape[0])
+                if not self._ends_step(batch):
+                    continue
+                self._optimizer_step()
+                if self.step % log_every == 0 or self.step >= total_steps:
+                    interval_start = self._report_interval(bar, interval, interval_start)
+                    interval = RunningSums(self.device)
+                if self.step >= total_steps:
+                    break
+                if self.epoch_step < self.steps_per_epoch:  # its last step: epoch end follows
+                    self._between_steps(sums, interval)
+        finally:
+            # a loader's iteration closed before its end (max_steps) still ends its epoch
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
         if interval.steps:
             self._report_interval(bar, interval, interval_start)
-        train = sums.read()
+        train = sums.read(self.distributed)
         self._check_finite(train.get("loss", 0.0))
         # fp32 whatever the step's precision: reported accuracy must not depend on speed flags
-        evaluation = evaluate(self.eval_model, self.test_loader, contextlib.nullcontext)
+        evaluation = evaluate(
+            self.eval_model, self.test_loader, contextlib.nullcontext, self.distributed
+        )
         self.epoch += 1
+        self.epoch_step = 0
         record = {
             "kind": "epoch",
             "epoch": self.epoch,
@@ -492,19 +738,31 @@ class Trainer:
             self.best_epoch = self.epoch
         self._log(record)
         self.save(is_best)
-        self.log_line(
+        self._log_main(
             f"epoch {self.epoch}/{self.config.epochs}  loss {record['train_loss']:.4f}  "
             f"train {record['train_top1']:.4f}  test {evaluation['top1']:.4f}  "
             f"(best {self.best_accuracy:.4f} @ {self.best_epoch})"
         )
 
+    def _between_steps(self, sums: RunningSums, interval: RunningSums) -> None:
+        """After a step inside an epoch: the step checkpoint when due, and the agreed stop."""
+        stopping = self._stop_agreed()
+        every = self.config.checkpoint_every
+        if stopping or (every and self.step % every == 0):
+            self.save_mid_epoch(sums, interval)
+        if stopping:
+            # no rank leaves before last.pt is written: a launcher seeing one process exit
+            # terminates the others, rank 0 among them
+            self.distributed.barrier()
+            raise self._preempted()
+
     def _report_interval(self, bar, interval: RunningSums, since: float) -> float:
-        values = interval.read()
+        values = interval.read(self.distributed)
         now = time.perf_counter()
-        images = interval.samples.item()
+        images = self.distributed.sum(interval.samples).item()
         self._check_finite(values.get("loss", 0.0))
         speed = images / max(now - since, 1e-9)
-        bar.update(interval.steps)
+        bar.update(max(0, self.step - bar.n))
         bar.set_postfix(
             epoch=self.epoch + 1,
             loss=f"{values['loss']:.3f}",
@@ -533,7 +791,10 @@ class Trainer:
         else:
             kept = "no checkpoint was written yet"
         # not "resume": a resumed run keeps the checkpoint's learning rate and schedule
-        raise TrainingDivergedError(
+        error = TrainingDivergedError(
             f"the loss became {loss} at step {self.step} (epoch {self.epoch + 1}); {kept}. Lower "
             "optim.lr or the method's loss weights and rerun in a new run_dir."
         )
+        # the loss is every rank's mean: all ranks stop here, rank 0 says why
+        error.quiet = not self.distributed.is_main
+        raise error
