@@ -47,7 +47,7 @@ def test_estimate_json_prints_exactly_one_object(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-1000:]
     record = json.loads(result.stdout)  # the whole of stdout is one JSON object
-    assert set(record) == {"mi_nats", "ci_low", "ci_high", "estimator", "n", "seconds"}
+    assert {"mi_nats", "ci_low", "ci_high", "estimator", "n", "seconds"} <= set(record)
     assert record["ci_low"] <= record["mi_nats"] <= record["ci_high"]
     assert 0.2 < record["mi_nats"] < 0.511 + 0.15
     assert (tmp_path / "out" / "mi.json").is_file() and (

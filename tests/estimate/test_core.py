@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mimkd.errors import ConfigError, DataError, UnknownNameError
-from mimkd.estimate.core import (
+from mimkd.estimate import (
     estimate_mi,
     estimator_names,
     format_layer_table,
@@ -118,7 +118,7 @@ def test_write_estimate_writes_json_and_curve(tmp_path):
     result = estimate_mi(x, y, "infonce", progress=False, **dict(FAST, steps=40))
     paths = write_estimate(result, tmp_path / "out")
     summary = json.loads((tmp_path / "out" / "mi.json").read_text())
-    assert set(summary) == {"mi_nats", "ci_low", "ci_high", "estimator", "n", "seconds"}
+    assert {"mi_nats", "ci_low", "ci_high", "estimator", "n", "seconds"} <= set(summary)
     assert summary["estimator"] == "infonce" and summary["n"] == 300
     assert summary["mi_nats"] == pytest.approx(result.mi_nats)
     assert paths["curve"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -235,7 +235,7 @@ def test_layer_mi_rows_for_two_small_cnns():
 @pytest.mark.parametrize("estimator", ["infonce", "nwj", "dv", "smile", "jsd-nwj"])
 def test_held_out_evaluation_equals_the_bound_on_the_full_score_matrix(estimator):
     """The row-wise evaluation (which bootstrap resamples) is the bound on all pairs at once."""
-    from mimkd.estimate.core import ESTIMATORS, _bound_from_rows, _row_statistics
+    from mimkd.estimate.neural import ESTIMATORS, _bound_from_rows, _row_statistics
     from mimkd.mi import bounds
     from mimkd.mi.critics import build_critic
 

@@ -1,4 +1,8 @@
-"""`mimkd mi estimate|layers`: MI in nats as a tool of its own (wired to `mimkd.estimate.core`)."""
+"""`mimkd mi estimate|layers`: the CLI's side of the tool (files in, report and files out).
+
+The output folder is checked before any data is read or critic trained; warnings go to stderr as
+`mimkd: warning: ...` lines (and into the JSON), so `--json` keeps stdout one JSON object.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,13 @@ import json
 import sys
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-JSON_FIELDS = ("mi_nats", "ci_low", "ci_high", "estimator", "n", "seconds")
+from mimkd.estimate.report import (
+    check_output_dir,
+    format_estimate,
+    write_atomic,
+    write_estimate,
+    write_text_atomic,
+)
 
 
 def main(args) -> int:
@@ -21,30 +26,37 @@ def main(args) -> int:
     return layers_command(args)
 
 
-def estimate_command(args) -> int:
-    from mimkd.estimate.core import estimate_mi, load_pairs, write_estimate
+def _warn(lines: list[str]) -> None:
+    for line in lines:
+        print(f"mimkd: warning: {line}", file=sys.stderr)
 
+
+def estimate_command(args) -> int:
+    from mimkd.estimate.core import estimate_mi
+    from mimkd.estimate.pairs import load_pairs
+
+    check_output_dir(args.out)
     x, y = load_pairs(args.data, args.x, args.y)
     result = estimate_mi(
         x,
         y,
         args.estimator,
+        preprocess=args.preprocess,
+        critic=args.critic,
         hidden=args.hidden,
         steps=args.steps,
         batch_size=args.batch_size,
+        neighbours=args.k,
         seed=args.seed,
         progress=not args.json,
     )
     files = write_estimate(result, args.out)
-    record = {field: getattr(result, field) for field in JSON_FIELDS}
+    _warn(result.warnings)
     if args.json:
-        sys.stdout.write(json.dumps(record) + "\n")
+        sys.stdout.write(json.dumps(result.summary()) + "\n")
         return 0
-    print(f"{'estimator':<10} {'n':>7} {'MI (nats)':>10} {'95% CI':>18} {'seconds':>8}")
-    print(
-        f"{result.estimator:<10} {result.n:>7} {result.mi_nats:>10.4f} {f'[{result.ci_low:.3f}, {result.ci_high:.3f}]':>18} {result.seconds:>8.1f}"
-    )
-    print(f"-> {files['json']}, {files['curve']}")
+    print(format_estimate(result))
+    print("-> " + ", ".join(str(path) for path in files.values()))
     return 0
 
 
@@ -53,14 +65,16 @@ def layers_command(args) -> int:
 
     from mimkd.data import load_dataset, make_loader
     from mimkd.errors import CheckpointError
-    from mimkd.estimate.core import format_layer_table, layer_mi
+    from mimkd.estimate.layers import format_layer_table, layer_mi
     from mimkd.models.loading import load_model
     from mimkd.serialization import load_checkpoint
 
+    out = check_output_dir(args.out)
     student_record = load_checkpoint(args.student)
     if "config" not in student_record:
         raise CheckpointError(
-            f"{args.student} is not a mimkd checkpoint; `mimkd mi layers` needs checkpoints written by mimkd."
+            f"{args.student} is not a mimkd checkpoint; `mimkd mi layers` needs checkpoints "
+            "written by mimkd."
         )
     data = dict(student_record["config"]["data"])
     if args.data:
@@ -97,11 +111,9 @@ def layers_command(args) -> int:
         steps=args.steps,
         progress=not args.json,
     )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     records = [dataclasses.asdict(row) for row in rows]
-    (out / "layers.json").write_text(json.dumps(records, indent=2))
-    _plot_layers(records, out / "layers.png")
+    write_text_atomic(out / "layers.json", json.dumps(records, indent=2))
+    write_atomic(out / "layers.png", lambda path: _plot_layers(records, path))
     if args.json:
         sys.stdout.write(json.dumps(records) + "\n")
     else:
@@ -111,6 +123,11 @@ def layers_command(args) -> int:
 
 
 def _plot_layers(records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     figure, axis = plt.subplots(figsize=(max(4, 1.4 * len(records)), 3.5))
     labels = [f"{r['teacher_layer']}\n{r['student_layer']}" for r in records]
     values = [r["mi_nats"] for r in records]
@@ -121,8 +138,9 @@ def _plot_layers(records: list[dict], path: Path) -> None:
     axis.bar(range(len(records)), values, yerr=errors, color="tab:blue", alpha=0.8)
     axis.set_xticks(range(len(records)), labels, fontsize=7)
     axis.set_ylabel("MI (nats)")
-    axis.set_title(f"teacher-student MI per layer ({records[0]['estimator'] if records else ''})")
+    estimators = sorted({r["estimator"] for r in records})
+    axis.set_title(f"teacher-student MI per layer ({', '.join(estimators)})")
     axis.grid(axis="y", alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=110, format="png")
     plt.close(figure)
