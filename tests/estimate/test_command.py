@@ -67,7 +67,10 @@ def test_report_says_what_ran_on_which_rows_and_what_the_interval_covers(tmp_pat
     )
     report = capsys.readouterr().out
     assert "infonce (auto: dim_x + dim_y = 6 > 4" in report
-    assert "400 train the critic, 100 choose its step, 500 evaluate" in report
+    assert (
+        "1000 pairs in 2 halves, each in turn: 400 train the critic, 100 choose its step" in report
+    )
+    assert "500 evaluate" in report and "all 1000 evaluated once" in report
     assert "evaluation noise only" in report
     assert (out / "mi.json").is_file() and (out / "mi_curve.png").read_bytes()[:4] == b"\x89PNG"
 

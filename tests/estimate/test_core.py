@@ -65,7 +65,9 @@ def test_auto_on_heavy_tailed_higher_dimensions_trains_a_bounded_critic():
     assert result.estimator == "infonce" and "> 4" in result.reason
     # a lower bound: below the truth (plus held-out noise), and neither negative nor exploding
     assert 0.5 * true_mi < result.mi_nats < true_mi + 0.05
-    assert result.n_train + result.n_validation + result.n_eval == 3000
+    # cross-fitted: each half trains a critic (1200 fit + 300 validation) scored on the other half
+    assert (result.n_train, result.n_validation, result.n_eval) == (1200, 300, 3000)
+    assert result.details["folds"] == 2
 
 
 def test_auto_on_a_higher_dimensional_gaussian():
@@ -93,7 +95,8 @@ def test_neural_estimators_recover_known_gaussian_mi(estimator, dims, true_mi, t
     # lower bounds: allow a small overshoot from held-out sampling noise, the stated tolerance below
     assert true_mi - tolerance < result.mi_nats < true_mi + 0.05
     assert result.ci_low <= result.mi_nats <= result.ci_high
-    assert result.n == 4000 and result.n_eval == 2000
+    # cross-fitted halves: 1600 fit + 400 validation rows per critic, every row evaluated once
+    assert result.n == result.n_eval == 4000
     assert result.n_train == 1600 and result.n_validation == 400
     assert "evaluation noise only" in result.interval
 
@@ -103,8 +106,9 @@ def test_concat_critic_and_an_ensemble_run_and_agree():
     options = dict(FAST, steps=300, bootstrap=0, hidden=16, eval_negatives=256, progress=False)
     concat = estimate_mi(x, y, "infonce", critic="concat", train_negatives=16, **options)
     ensemble = estimate_mi(x, y, "infonce", ensemble=2, **options)
-    assert concat.details["critic"] == "concat"
-    assert ensemble.details["ensemble"] == 2 and len(ensemble.details["best_steps"]) == 2
+    assert concat.details["critic"] == "concat" and not concat.details["gaussian_base"]
+    assert ensemble.details["gaussian_base"] and ensemble.details["ensemble"] == 2
+    assert len(ensemble.details["best_steps"]) == 2 * ensemble.details["folds"]
     for result in (concat, ensemble):
         assert 0.75 < result.mi_nats < 1.05
 

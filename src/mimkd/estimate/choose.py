@@ -56,22 +56,32 @@ def choose_estimator(dim_x: int, dim_y: int) -> Choice:
 
 
 def auto_critic(n_fit: int, dim_x: int, dim_y: int) -> CriticOptions:
-    """A separable critic whose width grows with the rows it can learn from.
+    """The critic `auto` trains: a Gaussian start plus a small separable residual, cross-fitted.
 
-    A 256-wide critic on 4,000 rows memorises them (train bound 4.5-4.8 nats, held-out falling
-    below 0) and early stopping then picks an under-trained step. Width ~ rows / 60 (32 to 256),
-    weight decay, and patience-based early stopping keep the held-out bound near its best.
+    - Start: the Gaussian critic fitted in closed form (canonical correlations, rank chosen on
+      validation rows, `critics.CanonicalCritic`). After the copula transform it is already the
+      optimal critic whenever the dependence is Gaussian up to monotone maps of the coordinates.
+    - Residual: separable, small (a 256-wide critic on 4,000 rows memorises them: train bound
+      4.5-4.8 nats, held-out below 0), width ~ rows / 125 (32 to 256), weight decay 0.01, fed
+      [x, x^2 - 1] (`critics.SquaredFeatures`: shared-scale dependence such as Student-t's lives in
+      the squares; on the 5x5 Student-t task this took the error from -0.26 to -0.09 nats).
+    - Early stopping: validation picks the step (step 0, the Gaussian critic alone, competes) and
+      stops after 5 checks without gain; lr 3e-3 and at most 1000 steps of 256 rows (as accurate
+      as 2000 steps at 1e-3 on the 5x5 tasks, half the time).
+    - Cross-fitting: a second critic trains on the held-out half and is scored on the first, so
+      every row is evaluated once (evaluation noise / sqrt(2)).
     """
-    hidden = int(min(256, max(32, n_fit // 60)))
     return CriticOptions(
         kind="separable",
-        hidden=hidden,
-        steps=3000,
+        hidden=int(min(256, max(32, n_fit // 125))),
+        steps=1000,
         batch_size=256,
-        lr=1e-3,
+        lr=3e-3,
         weight_decay=1e-2,
-        ensemble=1,
-        patience=8,
+        patience=5,
+        gaussian_base=True,
+        squared_features=True,
+        crossfit=True,
     )
 
 

@@ -72,9 +72,11 @@ class MIEstimate:
     requested: str = ""  # what was asked for ("auto" or the estimator itself)
     reason: str = ""  # why this estimator ran
     preprocess: str = "copula"
-    n_train: int = 0  # rows that trained the critic (0 for KSG)
-    n_validation: int = 0  # rows that chose the critic's step (0 for KSG)
-    n_eval: int = 0  # rows the reported number is computed on
+    # rows that trained the critic / chose its step (per fold when cross-fitted; 0 for KSG) and
+    # rows the reported number is computed on (all rows, each once, when cross-fitted)
+    n_train: int = 0
+    n_validation: int = 0
+    n_eval: int = 0
     confidence: float = 0.95
     interval: str = ""  # what [ci_low, ci_high] covers
     ceiling: float = math.inf  # the largest value this estimator can report from these rows
@@ -249,11 +251,15 @@ def _critic_options(
     critic: str,
     **overrides: Any,
 ) -> CriticOptions:
-    """`choose.auto_critic` for this data, with every explicitly given value put on top."""
+    """`choose.auto_critic` for this data, with every explicitly given value put on top.
+
+    `critic` "auto" is the whole recipe (Gaussian start, residual on squared features); "separable"
+    or "concat" is that plain critic from `mimkd.mi.critics`, with the same sizing, training,
+    early stopping and cross-fitting."""
     n_fit = int(x.shape[0] * train_fraction * (1 - validation_fraction))
     options = choose.auto_critic(max(n_fit, 2), x.shape[1], y.shape[1])
-    if critic != "auto":
-        options = replace(options, kind=critic)
+    if critic != "auto":  # a plain trainable critic of that kind, sized and trained the same way
+        options = replace(options, kind=critic, gaussian_base=False, squared_features=False)
     given = {key: value for key, value in overrides.items() if value is not None}
     return replace(options, **given)
 
@@ -294,6 +300,9 @@ def _neural(
             "ensemble": options.ensemble,
             "best_steps": result.best_steps,
             "steps": options.steps,
+            "folds": result.folds,
+            "gaussian_base": options.gaussian_base,
+            "squared_features": options.squared_features,
         },
     )
 

@@ -34,6 +34,13 @@ import torch
 from torch import nn
 
 from mimkd.errors import ConfigError
+from mimkd.estimate.critics import (
+    CanonicalCritic,
+    ResidualCritic,
+    SquaredFeatures,
+    canonical_pairs,
+    fit_canonical_critic,
+)
 from mimkd.mi import bounds
 from mimkd.mi.critics import build_critic
 from mimkd.registry import Registry
@@ -81,6 +88,11 @@ class CriticOptions:
     train_negatives: int | None = None
     ensemble: int = 1
     patience: int | None = None  # stop after this many validation checks without improvement
+    # start from the Gaussian critic fitted in closed form (`critics.CanonicalCritic`) and train a
+    # gated residual on top: exact for Gaussian copulas, a head start otherwise
+    gaussian_base: bool = False
+    crossfit: bool = False  # also train on the held-out rows and evaluate on the train rows
+    squared_features: bool = False  # the trained critic sees [x, x^2 - 1] (`SquaredFeatures`)
 
 
 @dataclass
@@ -93,6 +105,7 @@ class NeuralResult:
     n_heldout: int
     negatives_per_row: int
     best_steps: list[int]
+    folds: int = 1
     # (step, bound on the training batches since the last point, bound on held-out rows), member 0
     history: list[tuple[int, float, float]] = field(default_factory=list)
 
@@ -295,20 +308,40 @@ def _train_critic(
     device = fit.x.device
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        critic = build_critic(options.kind, fit.x.shape[1], fit.y.shape[1], options.hidden)
+        widen = 2 if options.squared_features else 1
+        critic = build_critic(
+            options.kind, widen * fit.x.shape[1], widen * fit.y.shape[1], options.hidden
+        )
+    if options.squared_features:
+        critic = SquaredFeatures(critic)
     critic = critic.to(device)
+    validation_rows = torch.arange(min(len(validation), 1024), device=device)
+    validation_columns = columns_for(len(validation), eval_negatives, generator).to(device)
+
+    def validation_bound(candidate: nn.Module) -> float:
+        return _bound_on(
+            spec, candidate, validation, validation_rows, validation_columns, smile_clip
+        )
+
+    if options.gaussian_base:
+        if len(validation):
+            base, _ = fit_canonical_critic(fit.x, fit.y, validation_bound)
+        else:
+            base = CanonicalCritic(*canonical_pairs(fit.x, fit.y)).to(device)
+        critic = ResidualCritic(base, critic, base.width)
     dv_average = bounds.DVMovingAverage().to(device)
     optimizer = torch.optim.AdamW(
         critic.parameters(), lr=options.lr, weight_decay=options.weight_decay
     )
-    validation_rows = torch.arange(min(len(validation), 1024), device=device)
-    validation_columns = columns_for(len(validation), eval_negatives, generator).to(device)
     if heldout is not None:
         curve_rows = torch.arange(min(len(heldout), 512), device=device)
         curve_columns = columns_for(len(heldout), eval_negatives, generator).to(device)
     batch_size = min(options.batch_size, len(fit))
     history: list[tuple[int, float, float]] = []
     best_validation, best_step, best_state, checks_since_best = -math.inf, 0, None, 0
+    if len(validation):  # step 0 competes too: an untrained (or fitted) critic may be the best
+        best_validation = validation_bound(critic)
+        best_state = copy.deepcopy(critic.state_dict())
     running = torch.zeros((), device=device, dtype=torch.float64)  # on the device: no sync a step
     running_count = 0
     critic.train()
@@ -336,17 +369,15 @@ def _train_critic(
         running_count = 0
         if len(validation) == 0:
             continue
-        validation_bound = _bound_on(
-            spec, critic, validation, validation_rows, validation_columns, smile_clip
-        )
-        if validation_bound > best_validation:  # NaN (a diverged critic) never counts as best
-            best_validation, best_step = validation_bound, step
+        current = validation_bound(critic)
+        if current > best_validation:  # NaN (a diverged critic) never counts as best
+            best_validation, best_step = current, step
             best_state = copy.deepcopy(critic.state_dict())
             checks_since_best = 0
         else:
             checks_since_best += 1
         if bar is not None:
-            bar.set_postfix(validation=f"{validation_bound:.3f}")
+            bar.set_postfix(validation=f"{current:.3f}")
         if options.patience is not None and checks_since_best >= options.patience:
             if bar is not None:
                 bar.update(options.steps - step)
@@ -379,8 +410,7 @@ def neural_estimate(
     check_neural_options(options, train_fraction, validation_fraction, eval_negatives)
     n = x.shape[0]
     n_train = int(round(n * train_fraction))
-    n_validation = max(int(round(n_train * validation_fraction)), 2) if validation_fraction else 0
-    n_fit = n_train - n_validation
+    n_fit = n_train - _validation_size(n_train, validation_fraction)
     if n_fit < 2 or n - n_train < 2:
         raise ConfigError(
             f"{n} pairs leave {n_fit} to train the critic and {n - n_train} to evaluate; need at "
@@ -388,44 +418,70 @@ def neural_estimate(
         )
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(n, generator=generator).to(x.device)
-    fit = _Split(x[order[:n_fit]], y[order[:n_fit]])
-    validation = _Split(x[order[n_fit:n_train]], y[order[n_fit:n_train]])
+    pool = _Split(x[order[:n_train]], y[order[:n_train]])
     heldout = _Split(x[order[n_train:]], y[order[n_train:]])
     eval_every = eval_every or max(1, options.steps // 20)
+    # cross-fitting: a second critic trains on the held-out rows and is scored on the first pool,
+    # so every row is evaluated once and the evaluation noise shrinks by about sqrt(2)
+    folds = [(pool, heldout), (heldout, pool)] if options.crossfit else [(pool, heldout)]
 
-    bar = _progress_bar(options.steps * options.ensemble, label, progress)
-    members, best_steps, history = [], [], []
+    bar = _progress_bar(options.steps * options.ensemble * len(folds), label, progress)
+    best_steps, history, evaluations = [], [], []
     try:
-        for member in range(options.ensemble):
-            critic, best_step, curve = _train_critic(
-                spec,
-                options,
-                fit,
-                validation,
-                heldout if member == 0 else None,  # one curve is enough for the plot
-                seed + 1000 * member,
-                generator,
-                eval_every,
-                eval_negatives,
-                smile_clip,
-                bar,
+        for fold, (train_pool, evaluate_on) in enumerate(folds):
+            n_fit_fold = len(train_pool) - _validation_size(len(train_pool), validation_fraction)
+            fit = _Split(train_pool.x[:n_fit_fold], train_pool.y[:n_fit_fold])
+            validation = _Split(train_pool.x[n_fit_fold:], train_pool.y[n_fit_fold:])
+            members = []
+            for member in range(options.ensemble):
+                critic, best_step, curve = _train_critic(
+                    spec,
+                    options,
+                    fit,
+                    validation,
+                    evaluate_on if member == 0 and fold == 0 else None,  # one curve to plot
+                    seed + 1000 * member + 100_000 * fold,
+                    generator,
+                    eval_every,
+                    eval_negatives,
+                    smile_clip,
+                    bar,
+                )
+                members.append(critic)
+                best_steps.append(best_step)
+                history = history or curve
+            critic = members[0] if len(members) == 1 else MeanCritic(members)
+            columns = columns_for(len(evaluate_on), eval_negatives, generator).to(x.device)
+            everything = torch.arange(len(evaluate_on), device=x.device)
+            evaluations.append(
+                _row_statistics(
+                    spec, critic, evaluate_on.x, evaluate_on.y, everything, columns, smile_clip
+                )
             )
-            members.append(critic)
-            best_steps.append(best_step)
-            history = history or curve
     finally:
         if bar is not None:
             bar.close()
-    critic = members[0] if len(members) == 1 else MeanCritic(members)
 
-    columns = columns_for(len(heldout), eval_negatives, generator).to(x.device)
-    everything = torch.arange(len(heldout), device=x.device)
-    rows = _row_statistics(spec, critic, heldout.x, heldout.y, everything, columns, smile_clip)
-    estimate = float(_bound_from_rows(spec, rows, everything))
+    weights = [
+        len(rows.positive) / sum(len(r.positive) for r in evaluations) for rows in evaluations
+    ]
+    estimate = sum(
+        weight * float(_bound_from_rows(spec, rows, _all_rows(rows)))
+        for weight, rows in zip(weights, evaluations)
+    )
     ci_low = ci_high = estimate
     if bootstrap > 0:
-        resample = torch.randint(len(heldout), (bootstrap, len(heldout)), generator=generator)
-        values = _bound_from_rows(spec, rows, resample.to(x.device))
+        values = sum(
+            weight
+            * _bound_from_rows(
+                spec,
+                rows,
+                torch.randint(
+                    len(rows.positive), (bootstrap, len(rows.positive)), generator=generator
+                ),
+            )
+            for weight, rows in zip(weights, evaluations)
+        )
         tail = (1.0 - confidence) / 2.0
         levels = torch.tensor([tail, 1.0 - tail], dtype=values.dtype, device=values.device)
         ci_low, ci_high = (float(value) for value in torch.quantile(values, levels))
@@ -435,11 +491,25 @@ def neural_estimate(
         ci_high=ci_high,
         n_fit=n_fit,
         n_validation=n_train - n_fit,
-        n_heldout=len(heldout),
-        negatives_per_row=int(rows.negative_count.min()),
+        n_heldout=sum(len(rows.positive) for rows in evaluations),
+        negatives_per_row=int(min(rows.negative_count.min() for rows in evaluations)),
         best_steps=best_steps,
         history=history,
+        folds=len(folds),
     )
+
+
+def _all_rows(rows: _RowStatistics) -> torch.Tensor:
+    return torch.arange(len(rows.positive), device=rows.positive.device)
+
+
+def _resampled_rows(rows: _RowStatistics, count: int, generator) -> torch.Tensor:
+    n = len(rows.positive)
+    return torch.randint(n, (count, n), generator=generator).to(rows.positive.device)
+
+
+def _validation_size(pool: int, validation_fraction: float) -> int:
+    return max(int(round(pool * validation_fraction)), 2) if validation_fraction else 0
 
 
 def check_neural_options(

@@ -98,18 +98,30 @@ def format_estimate(result: MIEstimate) -> str:
         method = f"k = {details.get('neighbours')} neighbours"
         rows = f"{result.n} pairs, all used (KSG trains nothing)"
     else:
-        method = (
-            f"{details.get('critic')} critic, width {details.get('hidden')}, weight decay "
-            f"{details.get('weight_decay')}, step {result.best_step} of {details.get('steps')} "
+        method = f"{details.get('critic')} critic, width {details.get('hidden')}"
+        if details.get("gaussian_base"):
+            method = f"Gaussian (canonical) critic + {method} residual"
+        if details.get("squared_features"):
+            method += " on [x, x^2 - 1]"
+        method += (
+            f", weight decay {details.get('weight_decay')}, steps "
+            f"{'/'.join(map(str, details.get('best_steps', [])))} of {details.get('steps')} "
             "kept by validation"
         )
         if details.get("ensemble", 1) > 1:
             method += f", mean of {details['ensemble']} critics"
-        rows = (
-            f"{result.n} pairs: {result.n_train} train the critic, {result.n_validation} choose "
-            f"its step, {result.n_eval} evaluate (each against {result.negatives_per_row} "
-            "negatives)"
+        folds = details.get("folds", 1)
+        per_fold = (
+            f"{result.n_train} train the critic, {result.n_validation} choose its step, "
+            f"{result.n_eval // folds} evaluate (each against {result.negatives_per_row} negatives)"
         )
+        if folds > 1:
+            rows = (
+                f"{result.n} pairs in {folds} halves, each in turn: {per_fold}; all "
+                f"{result.n_eval} evaluated once"
+            )
+        else:
+            rows = f"{result.n} pairs: {per_fold}"
     level = f"{100 * result.confidence:g}%"
     lines = [
         f"estimator   {chosen}",
