@@ -60,6 +60,9 @@ def add_parsers(sub, argv: list[str]) -> None:
     )
     est.add_argument("--steps", type=_positive_int, default=None, help="max critic steps [auto]")
     est.add_argument("--batch-size", type=_positive_int, default=None, help="critic batch [256]")
+    est.add_argument(
+        "--ensemble", type=_positive_int, default=None, help="critics averaged per fold [1]"
+    )
     est.add_argument("--k", type=_positive_int, default=3, help="KSG neighbours [3]")
     est.add_argument("--seed", type=int, default=0)
     est.add_argument("--out", default="runs/mi", help="folder for mi.json and the curve [runs/mi]")

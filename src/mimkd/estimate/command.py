@@ -46,6 +46,7 @@ def estimate_command(args) -> int:
         hidden=args.hidden,
         steps=args.steps,
         batch_size=args.batch_size,
+        ensemble=args.ensemble,
         neighbours=args.k,
         seed=args.seed,
         progress=not args.json,

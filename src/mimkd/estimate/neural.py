@@ -291,6 +291,50 @@ def _bound_on(spec, critic, part: _Split, rows, columns, smile_clip) -> float:
     return float(_bound_from_rows(spec, statistics, everything))
 
 
+def _make_critic(
+    options: CriticOptions, fit: _Split, validation_bound, seed: int, has_validation: bool
+) -> nn.Module:
+    """The critic to train: a plain one from `mimkd.mi.critics`, optionally seeing squared
+    features, optionally as a gated residual on the Gaussian critic fitted to `fit`."""
+    widen = 2 if options.squared_features else 1
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        critic = build_critic(
+            options.kind, widen * fit.x.shape[1], widen * fit.y.shape[1], options.hidden
+        )
+    if options.squared_features:
+        critic = SquaredFeatures(critic)
+    critic = critic.to(fit.x.device)
+    if not options.gaussian_base:
+        return critic
+    if has_validation:
+        base, _ = fit_canonical_critic(fit.x, fit.y, validation_bound)
+    else:
+        base = CanonicalCritic(*canonical_pairs(fit.x, fit.y)).to(fit.x.device)
+    return ResidualCritic(base, critic, base.width)
+
+
+@dataclass
+class _EarlyStopping:
+    """Keeps the critic state with the best validation bound; says when patience has run out."""
+
+    patience: int | None
+    best_bound: float = -math.inf
+    best_step: int = 0
+    best_state: dict | None = None
+    checks_since_best: int = 0
+
+    def check(self, step: int, bound: float, critic: nn.Module) -> bool:
+        """Record a validation bound; True when training should stop."""
+        if bound > self.best_bound:  # NaN (a diverged critic) never counts as best
+            self.best_bound, self.best_step = bound, step
+            self.best_state = copy.deepcopy(critic.state_dict())
+            self.checks_since_best = 0
+        else:
+            self.checks_since_best += 1
+        return self.patience is not None and self.checks_since_best >= self.patience
+
+
 def _train_critic(
     spec: EstimatorSpec,
     options: CriticOptions,
@@ -306,15 +350,6 @@ def _train_critic(
 ) -> tuple[nn.Module, int, list[tuple[int, float, float]]]:
     """Train one critic; return the state with the best validation bound, its step, the curve."""
     device = fit.x.device
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        widen = 2 if options.squared_features else 1
-        critic = build_critic(
-            options.kind, widen * fit.x.shape[1], widen * fit.y.shape[1], options.hidden
-        )
-    if options.squared_features:
-        critic = SquaredFeatures(critic)
-    critic = critic.to(device)
     validation_rows = torch.arange(min(len(validation), 1024), device=device)
     validation_columns = columns_for(len(validation), eval_negatives, generator).to(device)
 
@@ -323,25 +358,19 @@ def _train_critic(
             spec, candidate, validation, validation_rows, validation_columns, smile_clip
         )
 
-    if options.gaussian_base:
-        if len(validation):
-            base, _ = fit_canonical_critic(fit.x, fit.y, validation_bound)
-        else:
-            base = CanonicalCritic(*canonical_pairs(fit.x, fit.y)).to(device)
-        critic = ResidualCritic(base, critic, base.width)
+    critic = _make_critic(options, fit, validation_bound, seed, len(validation) > 0)
     dv_average = bounds.DVMovingAverage().to(device)
     optimizer = torch.optim.AdamW(
         critic.parameters(), lr=options.lr, weight_decay=options.weight_decay
     )
-    if heldout is not None:
+    if heldout is not None:  # the held-out curve is only plotted, never used to choose
         curve_rows = torch.arange(min(len(heldout), 512), device=device)
         curve_columns = columns_for(len(heldout), eval_negatives, generator).to(device)
     batch_size = min(options.batch_size, len(fit))
     history: list[tuple[int, float, float]] = []
-    best_validation, best_step, best_state, checks_since_best = -math.inf, 0, None, 0
+    stopping = _EarlyStopping(options.patience)
     if len(validation):  # step 0 competes too: an untrained (or fitted) critic may be the best
-        best_validation = validation_bound(critic)
-        best_state = copy.deepcopy(critic.state_dict())
+        stopping.check(0, validation_bound(critic), critic)
     running = torch.zeros((), device=device, dtype=torch.float64)  # on the device: no sync a step
     running_count = 0
     critic.train()
@@ -367,26 +396,19 @@ def _train_critic(
         history.append((step, float(running) / running_count, heldout_bound))
         running.zero_()
         running_count = 0
-        if len(validation) == 0:
+        if not len(validation):
             continue
         current = validation_bound(critic)
-        if current > best_validation:  # NaN (a diverged critic) never counts as best
-            best_validation, best_step = current, step
-            best_state = copy.deepcopy(critic.state_dict())
-            checks_since_best = 0
-        else:
-            checks_since_best += 1
         if bar is not None:
             bar.set_postfix(validation=f"{current:.3f}")
-        if options.patience is not None and checks_since_best >= options.patience:
+        if stopping.check(step, current, critic):
             if bar is not None:
                 bar.update(options.steps - step)
             break
-    if best_state is not None:
-        critic.load_state_dict(best_state)
-    else:
-        best_step = options.steps
-    return critic, best_step, history
+    if stopping.best_state is None:
+        return critic, options.steps, history
+    critic.load_state_dict(stopping.best_state)
+    return critic, stopping.best_step, history
 
 
 def neural_estimate(
