@@ -157,7 +157,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.estimator} --threads {args.threads}` on {dt.date.today().isoformat()}, "
         f"{args.samples} samples per task (task i drawn with seed {args.seed} + i).",
         f"Machine at start: {machine_start}; at end: {machine_line(args.threads)}.",
-        f"Wall time {wall:.0f} s for everything (both sides, sampling included).",
+        (
+            f"Wall time {wall:.0f} s: mimkd and sampling here; bmi's results read from "
+            f"{args.bmi_results} (its seconds are from the run that saved them)."
+            if args.bmi_results
+            else f"Wall time {wall:.0f} s for everything (both sides, sampling included)."
+        ),
         "",
     ]
     text = "\n".join(header + table) + "\n"
