@@ -1,10 +1,11 @@
 """How biased is each MI estimator? Correlated Gaussians with known MI, several dims and levels.
 
 For d independent pairs (x_k, y_k) with correlation rho, I(X; Y) = -(d/2) log(1 - rho^2); rho is
-chosen for each target MI. Each estimator trains a fresh critic on half the samples and reports
-its bound on the other half (`mimkd.estimate.estimate_mi`). Prints a table of estimates, biases and
-seconds. Expect: InfoNCE saturates at log(K + 1) (K negatives per held-out row), NWJ/DV/MINE
-get high-variance at high MI, SMILE trades a little bias for variance (Song & Ermon 2020).
+chosen for each target MI. Each neural estimator trains `auto`'s critic (`mimkd.estimate.estimate_mi`
+with the width, steps and learning rate given here; cross-fitted halves) and reports its bound on
+held-out rows. Prints a table of estimates, biases and seconds. Expect: InfoNCE saturates at
+log(K + 1) (K negatives per held-out row), NWJ/DV/MINE get high-variance at high MI, SMILE trades a
+little bias for variance (Song & Ermon 2020). `benchmarks/mi_bmi.py` covers non-Gaussian tasks.
 
     python benchmarks/mi_gaussian.py                   # d 1 5 20 x MI 0.5 2 5 10, a few minutes
     python benchmarks/mi_gaussian.py --dims 1 --mi 1 --steps 2000 --estimators infonce smile
@@ -18,7 +19,7 @@ import time
 
 import torch
 
-from mimkd.estimate.core import estimate_mi, estimator_names
+from mimkd.estimate import ESTIMATORS, estimate_mi
 
 
 def correlated_gaussians(dims: int, mi_nats: float, n: int, seed: int):
@@ -50,9 +51,9 @@ def main(argv: list[str] | None = None) -> None:
         help="torch CPU threads (1: these small matmuls gain nothing from more on a busy machine)",
     )
     args = parser.parse_args(argv)
-    unknown = sorted(set(args.estimators) - set(estimator_names()))
+    unknown = sorted(set(args.estimators) - set(ESTIMATORS.names()))
     if unknown:
-        parser.error(f"unknown estimators {unknown}; choose from {estimator_names()}")
+        parser.error(f"unknown estimators {unknown}; choose from {ESTIMATORS.names()}")
     torch.set_num_threads(args.threads)
 
     header = f"{'d':>3} {'true MI':>8} " + " ".join(f"{name:>16}" for name in args.estimators)

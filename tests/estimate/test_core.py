@@ -1,25 +1,17 @@
-"""The MI tool: known-MI Gaussians, file formats and their errors, outputs, layer-by-layer MI."""
+"""`estimate_mi`: error bounds on data with closed-form MI, what `auto` chooses, honest fields."""
 
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
+from known_mi import gaussian_pairs, student_t_mi, student_t_pairs
 
 from mimkd.errors import ConfigError, DataError, UnknownNameError
-from mimkd.estimate.core import (
-    estimate_mi,
-    estimator_names,
-    format_layer_table,
-    layer_mi,
-    load_pairs,
-    pair_by_depth,
-    write_estimate,
-)
-from mimkd.models import create_model
+from mimkd.estimate import MIN_PAIRS, estimate_mi, estimator_names
+from mimkd.estimate.core import MIEstimate, _warnings
 
-# short critic training that still converges on low-dimensional Gaussians (~1-2 s each)
+# short critic training that still converges on low-dimensional data (~1-3 s each)
 FAST = {"hidden": 64, "steps": 500, "batch_size": 128, "lr": 2e-3, "bootstrap": 100}
 
 
@@ -33,14 +25,59 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def correlated_gaussians(dims: int, mi_nats: float, n: int, seed: int = 0):
-    """d independent pairs with correlation rho, so I = -(d/2) log(1 - rho^2) = mi_nats."""
-    generator = torch.Generator().manual_seed(seed)
-    rho = math.sqrt(1 - math.exp(-2 * mi_nats / dims))
-    noise_scale = math.exp(-mi_nats / dims)  # sqrt(1 - rho^2), exact even when rho ~ 1
-    x = torch.randn(n, dims, generator=generator)
-    y = rho * x + noise_scale * torch.randn(n, dims, generator=generator)
-    return x, y
+# ---- auto: error bounds against closed-form MI ------------------------------------------------
+
+
+def test_auto_on_a_gaussian_pair_is_ksg_and_close():
+    x, y = gaussian_pairs(1, 0.5, 2000)
+    result = estimate_mi(x, y, progress=False)
+    assert result.estimator == "ksg" and result.requested == "auto"
+    assert "dim_x + dim_y = 2" in result.reason
+    assert abs(result.mi_nats - 0.5) < 0.05
+    assert result.ci_low < result.mi_nats < result.ci_high
+    assert result.n == result.n_eval == 2000 and result.n_train == 0
+
+
+def test_auto_on_a_heavy_tailed_student_t_pair_is_close_and_never_negative():
+    true_mi = student_t_mi(1, 1, dof=1)  # Cauchy-like tails: rows at |x| in the thousands
+    for seed in range(3):
+        x, y = student_t_pairs(1, 1, 1, 2000, seed=seed)
+        assert np.abs(x).max() > 100  # the tails this test is about
+        result = estimate_mi(x, y, seed=seed, progress=False)
+        assert 0.0 < result.mi_nats < 2 * true_mi
+        assert abs(result.mi_nats - true_mi) < 0.06
+
+
+def test_auto_on_an_invertible_transform_of_a_gaussian_pair():
+    x, y = gaussian_pairs(1, 0.5, 2000)
+    transformed_x, transformed_y = np.sinh(3 * x), np.exp(y) + y**3  # both strictly increasing
+    plain = estimate_mi(x, y, progress=False)
+    transformed = estimate_mi(transformed_x, transformed_y, progress=False)
+    # the copula transform sees only ranks, which increasing maps keep: the same number exactly
+    assert transformed.mi_nats == plain.mi_nats
+    assert abs(transformed.mi_nats - 0.5) < 0.05
+
+
+def test_auto_on_heavy_tailed_higher_dimensions_trains_a_bounded_critic():
+    true_mi = student_t_mi(2, 3, dof=1)
+    x, y = student_t_pairs(2, 3, 1, 3000)
+    result = estimate_mi(x, y, progress=False, steps=400)
+    assert result.estimator == "infonce" and "> 4" in result.reason
+    # a lower bound: below the truth (plus held-out noise), and neither negative nor exploding
+    assert 0.5 * true_mi < result.mi_nats < true_mi + 0.05
+    # cross-fitted: each half trains a critic (1200 fit + 300 validation) scored on the other half
+    assert (result.n_train, result.n_validation, result.n_eval) == (1200, 300, 3000)
+    assert result.details["folds"] == 2
+
+
+def test_auto_on_a_higher_dimensional_gaussian():
+    x, y = gaussian_pairs(3, 0.6, 3000)
+    result = estimate_mi(x, y, progress=False, steps=400)
+    assert result.estimator == "infonce"
+    assert 0.6 - 0.12 < result.mi_nats < 0.6 + 0.05
+
+
+# ---- neural estimators (explicit) --------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -52,31 +89,48 @@ def correlated_gaussians(dims: int, mi_nats: float, n: int, seed: int = 0):
         ("smile", 2, 1.0, 0.25),
     ],
 )
-def test_recovers_known_gaussian_mi(estimator, dims, true_mi, tolerance):
-    x, y = correlated_gaussians(dims, true_mi, 4000)
+def test_neural_estimators_recover_known_gaussian_mi(estimator, dims, true_mi, tolerance):
+    x, y = gaussian_pairs(dims, true_mi, 4000)
     result = estimate_mi(x, y, estimator, progress=False, **FAST)
     # lower bounds: allow a small overshoot from held-out sampling noise, the stated tolerance below
     assert true_mi - tolerance < result.mi_nats < true_mi + 0.05
     assert result.ci_low <= result.mi_nats <= result.ci_high
-    assert result.n == 4000 and result.n_heldout == 2000
+    # cross-fitted halves: 1600 fit + 400 validation rows per critic, every row evaluated once
+    assert result.n == result.n_eval == 4000
+    assert result.n_train == 1600 and result.n_validation == 400
+    assert "evaluation noise only" in result.interval
+
+
+def test_concat_critic_and_an_ensemble_run_and_agree():
+    x, y = gaussian_pairs(2, 1.0, 3000)
+    options = dict(FAST, steps=300, bootstrap=0, hidden=16, eval_negatives=256, progress=False)
+    concat = estimate_mi(x, y, "infonce", critic="concat", train_negatives=16, **options)
+    ensemble = estimate_mi(x, y, "infonce", ensemble=2, **options)
+    assert concat.details["critic"] == "concat" and not concat.details["gaussian_base"]
+    assert ensemble.details["gaussian_base"] and ensemble.details["ensemble"] == 2
+    assert len(ensemble.details["best_steps"]) == 2 * ensemble.details["folds"]
+    for result in (concat, ensemble):
+        assert 0.75 < result.mi_nats < 1.05
 
 
 def test_independent_variables_have_near_zero_mi():
-    generator = torch.Generator().manual_seed(1)
-    x, y = torch.randn(3000, 3, generator=generator), torch.randn(3000, 3, generator=generator)
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(3000, 3)), rng.normal(size=(3000, 3))
     result = estimate_mi(x, y, "infonce", progress=False, **FAST)
     assert abs(result.mi_nats) < 0.05
+    assert abs(estimate_mi(x[:, :1], y[:, :1], "ksg", progress=False).mi_nats) < 0.03
 
 
-def test_infonce_estimate_is_capped_by_log_of_the_candidates():
-    x, y = correlated_gaussians(1, 12.0, 600)  # far more MI than log(300) ~ 5.7 can show
+def test_infonce_is_capped_by_its_ceiling_and_says_so():
+    x, y = gaussian_pairs(1, 12.0, 600)  # far more MI than log(32) ~ 3.5 can show
     result = estimate_mi(x, y, "infonce", progress=False, eval_negatives=31, **FAST)
     assert result.negatives_per_row >= 30
-    assert result.mi_nats <= math.log(32) + 1e-6
+    assert result.ceiling == pytest.approx(math.log(result.negatives_per_row + 1))
+    assert result.mi_nats <= result.ceiling + 1e-6
 
 
 def test_same_seed_same_estimate_and_history():
-    x, y = correlated_gaussians(1, 0.5, 600)
+    x, y = gaussian_pairs(1, 0.5, 600)
     options = dict(FAST, steps=60, bootstrap=20)
     first = estimate_mi(x, y, "nwj", seed=3, progress=False, **options)
     second = estimate_mi(x, y, "nwj", seed=3, progress=False, **options)
@@ -85,175 +139,69 @@ def test_same_seed_same_estimate_and_history():
     assert [step for step, _, _ in first.history][-1] == 60
 
 
-def test_unknown_estimator_names_the_closest():
-    x, y = correlated_gaussians(1, 0.5, 100)
+# ---- warnings ------------------------------------------------------------------------------------
+
+
+def _estimate(value: float, estimator: str = "infonce", ceiling: float = 8.0) -> MIEstimate:
+    return MIEstimate(value, value, value, estimator, 1000, 0.0, ceiling=ceiling)
+
+
+def test_warnings_below_zero_near_and_above_the_ceiling():
+    assert _warnings(_estimate(0.3)) == []
+    assert "below 0" in _warnings(_estimate(-0.02))[0]
+    assert "near" in _warnings(_estimate(6.5))[0]
+    assert "at or above" in _warnings(_estimate(8.0))[0]
+    assert "log(K + 1)" in _warnings(_estimate(8.0))[0]
+    assert "log N" in _warnings(_estimate(9.0, "smile"))[0]
+
+
+# ---- bad input -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [0, 8, 10, MIN_PAIRS - 1])
+def test_too_few_pairs_is_a_data_error(n):
+    x, y = np.zeros((n, 2)), np.zeros((n, 2))
+    with pytest.raises(DataError, match="no values" if n == 0 else f"at least {MIN_PAIRS}"):
+        estimate_mi(x, y, progress=False)
+
+
+def test_unknown_names_and_bad_options_are_errors():
+    x, y = gaussian_pairs(1, 0.5, 200)
     with pytest.raises(UnknownNameError, match="infonce"):
         estimate_mi(x, y, "infonse", progress=False)
-    assert {"infonce", "nwj", "mine", "dv", "smile", "jsd-dv"} <= set(estimator_names())
-
-
-def test_mismatched_rows_are_a_data_error():
-    with pytest.raises(DataError, match="rows"):
-        estimate_mi(torch.zeros(10, 2), torch.zeros(9, 2), progress=False)
-
-
-def test_bad_options_are_config_errors():
-    x, y = correlated_gaussians(1, 0.5, 100)
+    assert {"auto", "ksg", "infonce", "nwj", "mine", "dv", "smile", "jsd-dv", "jsd-nwj"} <= set(
+        estimator_names()
+    )
+    with pytest.raises(ConfigError, match="preprocess"):
+        estimate_mi(x, y, preprocess="rank", progress=False)
+    with pytest.raises(ConfigError, match="critic"):
+        estimate_mi(x, y, critic="bilinear", progress=False)
+    # neural options are checked whichever estimator runs (auto picks KSG here)
     with pytest.raises(ConfigError, match="train_fraction"):
         estimate_mi(x, y, train_fraction=1.5, progress=False)
     with pytest.raises(ConfigError, match="batch_size"):
         estimate_mi(x, y, batch_size=1, progress=False)
+    with pytest.raises(ConfigError, match="k must|neighbours"):
+        estimate_mi(x, y, neighbours=0, progress=False)
+
+
+def test_mismatched_rows_are_a_data_error():
+    with pytest.raises(DataError, match="rows"):
+        estimate_mi(np.zeros((200, 2)), np.zeros((199, 2)), progress=False)
 
 
 def test_progress_bar_goes_to_stderr(capsys):
-    x, y = correlated_gaussians(1, 0.5, 200)
+    x, y = gaussian_pairs(1, 0.5, 200)
     estimate_mi(x, y, "infonce", steps=5, hidden=8, bootstrap=0, progress=True)
     captured = capsys.readouterr()
     assert "mi infonce" in captured.err
     assert captured.out == ""
 
 
-def test_write_estimate_writes_json_and_curve(tmp_path):
-    x, y = correlated_gaussians(1, 0.5, 300)
-    result = estimate_mi(x, y, "infonce", progress=False, **dict(FAST, steps=40))
-    paths = write_estimate(result, tmp_path / "out")
-    summary = json.loads((tmp_path / "out" / "mi.json").read_text())
-    assert set(summary) == {"mi_nats", "ci_low", "ci_high", "estimator", "n", "seconds"}
-    assert summary["estimator"] == "infonce" and summary["n"] == 300
-    assert summary["mi_nats"] == pytest.approx(result.mi_nats)
-    assert paths["curve"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-# ---- load_pairs ---------------------------------------------------------------------------------
-
-
-def arrays():
-    rng = np.random.default_rng(0)
-    return rng.normal(size=(20, 3)).astype(np.float32), rng.normal(size=(20, 2, 2))
-
-
-def test_load_pairs_reads_npz_with_default_and_custom_keys(tmp_path):
-    x, y = arrays()
-    np.savez(tmp_path / "pairs.npz", x=x, y=y, teacher=y)
-    loaded_x, loaded_y = load_pairs(tmp_path / "pairs.npz")
-    assert loaded_x.shape == (20, 3) and loaded_y.shape == (20, 4)
-    assert loaded_x.dtype == torch.float32
-    assert np.allclose(loaded_y.numpy(), y.reshape(20, 4))
-    _, custom = load_pairs(tmp_path / "pairs.npz", x_key="x", y_key="teacher")
-    assert np.allclose(custom.numpy(), y.reshape(20, 4))
-
-
-def test_load_pairs_reads_pt_npy_pair_and_directory(tmp_path):
-    x, y = arrays()
-    torch.save({"x": torch.from_numpy(x), "y": torch.from_numpy(y)}, tmp_path / "pairs.pt")
-    np.save(tmp_path / "x.npy", x)
-    np.save(tmp_path / "y.npy", y)
-    for source in (
-        tmp_path / "pairs.pt",
-        f"{tmp_path / 'x.npy'},{tmp_path / 'y.npy'}",
-        tmp_path,
-    ):
-        loaded_x, loaded_y = load_pairs(source)
-        assert np.allclose(loaded_x.numpy(), x)
-        assert loaded_y.shape == (20, 4)
-
-
-def test_load_pairs_one_dimensional_arrays_are_one_feature(tmp_path):
-    np.savez(tmp_path / "pairs.npz", x=np.arange(5.0), y=np.arange(5.0))
-    x, _ = load_pairs(tmp_path / "pairs.npz")
-    assert x.shape == (5, 1)
-
-
-def test_load_pairs_errors_say_what_to_do(tmp_path):
-    x, y = arrays()
-    with pytest.raises(DataError, match="does not exist"):
-        load_pairs(tmp_path / "missing.npz")
-    np.savez(tmp_path / "short.npz", x=x, y=y[:7])
-    with pytest.raises(DataError, match="20 rows.*7"):
-        load_pairs(tmp_path / "short.npz")
-    np.savez(tmp_path / "keys.npz", a=x, b=y)
-    with pytest.raises(DataError, match=r"\['a', 'b'\]"):
-        load_pairs(tmp_path / "keys.npz")
-    (tmp_path / "corrupt.npz").write_bytes(b"not a zip file at all")
-    with pytest.raises(DataError, match="re-save"):
-        load_pairs(tmp_path / "corrupt.npz")
-    (tmp_path / "corrupt.pt").write_bytes(b"\x00garbage")
-    with pytest.raises(DataError, match="torch.save"):
-        load_pairs(tmp_path / "corrupt.pt")
-    np.save(tmp_path / "single.npy", x)
-    with pytest.raises(DataError, match="pairs"):
-        load_pairs(tmp_path / "single.npy")
-    (tmp_path / "pairs.csv").write_text("1,2\n")
-    with pytest.raises(DataError, match="unknown format"):
-        load_pairs(tmp_path / "pairs.csv")
-    np.savez(tmp_path / "nan.npz", x=np.full((3, 1), np.nan), y=np.zeros((3, 1)))
-    with pytest.raises(DataError, match="NaN"):
-        load_pairs(tmp_path / "nan.npz")
-    torch.save([1, 2], tmp_path / "list.pt")
-    with pytest.raises(DataError, match="dict"):
-        load_pairs(tmp_path / "list.pt")
-
-
-# ---- layer by layer -----------------------------------------------------------------------------
-
-
-def test_pair_by_depth_matches_relative_depth():
-    teacher = ["t1", "t2", "t3", "t4"]
-    # student depths 1/3, 2/3, 1 -> nearest teacher depths 1/4, 3/4, 1
-    assert pair_by_depth(teacher, ["s1", "s2", "s3"]) == [("t1", "s1"), ("t3", "s2"), ("t4", "s3")]
-    # equal stage counts pair one to one
-    assert pair_by_depth(["a", "b"], ["c", "d"]) == [("a", "c"), ("b", "d")]
-
-
-def test_layer_mi_rows_for_two_small_cnns():
-    torch.manual_seed(0)
-    teacher = create_model("cnn_small", num_classes=10, in_channels=1)
-    student = create_model("cnn_tiny", num_classes=10, in_channels=1)
-    images = torch.randn(300, 1, 28, 28)
-    loader = [(chunk, torch.zeros(len(chunk))) for chunk in images.split(64)]
-    rows = layer_mi(teacher, student, loader, steps=20, hidden=16, bootstrap=10, progress=False)
-    pairs = [(row.teacher_layer, row.student_layer) for row in rows]
-    assert pairs == [
-        ("stage1", "stage1"),
-        ("stage2", "stage2"),
-        ("stage3", "stage3"),
-        ("fc:input", "fc:input"),
-    ]
-    assert [(row.teacher_dim, row.student_dim) for row in rows] == [
-        (32, 8),
-        (64, 16),
-        (64, 16),
-        (64, 16),
-    ]
-    assert all(row.n == 300 and math.isfinite(row.mi_nats) for row in rows)
-    assert teacher.training and student.training  # modes restored
-    table = format_layer_table(rows).splitlines()
-    assert table[0].startswith("teacher layer") and len(table) == 2 + len(rows)
-    assert "fc:input" in table[-1]
-
-
-@pytest.mark.parametrize("estimator", ["infonce", "nwj", "dv", "smile", "jsd-nwj"])
-def test_held_out_evaluation_equals_the_bound_on_the_full_score_matrix(estimator):
-    """The row-wise evaluation (which bootstrap resamples) is the bound on all pairs at once."""
-    from mimkd.estimate.core import ESTIMATORS, _bound_from_rows, _row_statistics
-    from mimkd.mi import bounds
-    from mimkd.mi.critics import build_critic
-
-    torch.manual_seed(0)
-    spec = ESTIMATORS.create(estimator)
-    critic = build_critic("separable", 2, 3, 8, score_scale="none")
-    x, y = torch.randn(7, 2), torch.randn(7, 3)
-    rows = torch.arange(7)
-    statistics = _row_statistics(spec, critic, x, y, rows, rows, smile_clip=0.3, chunk_pairs=10)
-    value = _bound_from_rows(spec, statistics, rows).item()
-    critic.eval()
-    with torch.no_grad():
-        matrix = critic.matrix_scores(critic.encode_a(x), critic.encode_b(y)) + spec.score_shift
-    positives, negatives = bounds.diagonal_split(matrix)
-    expected = {
-        "infonce": lambda: bounds.infonce_bound(matrix),
-        "nwj": lambda: bounds.nwj_bound(positives, negatives),
-        "dv": lambda: bounds.dv_bound(positives, negatives),
-        "smile": lambda: bounds.smile_bound(positives, negatives, clip=0.3),
-    }[spec.evaluate]()
-    assert value == pytest.approx(expected.item(), rel=1e-5, abs=1e-6)
+def test_summary_holds_what_the_number_means():
+    x, y = gaussian_pairs(1, 0.5, 300)
+    summary = estimate_mi(x, y, progress=False).summary()
+    for key in ("mi_nats", "ci_low", "ci_high", "estimator", "n", "seconds", "requested"):
+        assert key in summary
+    assert {"reason", "interval", "n_train", "n_validation", "n_eval", "warnings"} <= set(summary)
+    assert "history" not in summary

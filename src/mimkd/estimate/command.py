@@ -1,18 +1,18 @@
-"""`mimkd mi estimate|layers`: MI in nats as a tool of its own (wired to `mimkd.estimate.core`)."""
+"""`mimkd mi estimate|layers`: the CLI's side of the tool (files in, report and files out).
+
+The output folder is checked before any data is read or critic trained; warnings go to stderr as
+`mimkd: warning: ...` lines (and into the JSON), so `--json` keeps stdout one JSON object.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import sys
-from pathlib import Path
+from typing import BinaryIO
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-JSON_FIELDS = ("mi_nats", "ci_low", "ci_high", "estimator", "n", "seconds")
+from mimkd.estimate.report import check_output_dir, format_estimate, write_estimate
+from mimkd.serialization import atomic_write, atomic_write_text
 
 
 def main(args) -> int:
@@ -21,30 +21,38 @@ def main(args) -> int:
     return layers_command(args)
 
 
-def estimate_command(args) -> int:
-    from mimkd.estimate.core import estimate_mi, load_pairs, write_estimate
+def _warn(lines: list[str]) -> None:
+    for line in lines:
+        print(f"mimkd: warning: {line}", file=sys.stderr)
 
+
+def estimate_command(args) -> int:
+    from mimkd.estimate.core import estimate_mi
+    from mimkd.estimate.pairs import load_pairs
+
+    check_output_dir(args.out)
     x, y = load_pairs(args.data, args.x, args.y)
     result = estimate_mi(
         x,
         y,
         args.estimator,
+        preprocess=args.preprocess,
+        critic=args.critic,
         hidden=args.hidden,
         steps=args.steps,
         batch_size=args.batch_size,
+        ensemble=args.ensemble,
+        neighbours=args.k,
         seed=args.seed,
         progress=not args.json,
     )
     files = write_estimate(result, args.out)
-    record = {field: getattr(result, field) for field in JSON_FIELDS}
+    _warn(result.warnings)
     if args.json:
-        sys.stdout.write(json.dumps(record) + "\n")
+        sys.stdout.write(json.dumps(result.summary()) + "\n")
         return 0
-    print(f"{'estimator':<10} {'n':>7} {'MI (nats)':>10} {'95% CI':>18} {'seconds':>8}")
-    print(
-        f"{result.estimator:<10} {result.n:>7} {result.mi_nats:>10.4f} {f'[{result.ci_low:.3f}, {result.ci_high:.3f}]':>18} {result.seconds:>8.1f}"
-    )
-    print(f"-> {files['json']}, {files['curve']}")
+    print(format_estimate(result))
+    print("-> " + ", ".join(str(path) for path in files.values()))
     return 0
 
 
@@ -53,14 +61,16 @@ def layers_command(args) -> int:
 
     from mimkd.data import load_dataset, make_loader
     from mimkd.errors import CheckpointError
-    from mimkd.estimate.core import format_layer_table, layer_mi
+    from mimkd.estimate.layers import format_layer_table, layer_mi
     from mimkd.models.loading import load_model
     from mimkd.serialization import load_checkpoint
 
+    out = check_output_dir(args.out)
     student_record = load_checkpoint(args.student)
     if "config" not in student_record:
         raise CheckpointError(
-            f"{args.student} is not a mimkd checkpoint; `mimkd mi layers` needs checkpoints written by mimkd."
+            f"{args.student} is not a mimkd checkpoint; `mimkd mi layers` needs checkpoints "
+            "written by mimkd."
         )
     data = dict(student_record["config"]["data"])
     if args.data:
@@ -97,11 +107,9 @@ def layers_command(args) -> int:
         steps=args.steps,
         progress=not args.json,
     )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     records = [dataclasses.asdict(row) for row in rows]
-    (out / "layers.json").write_text(json.dumps(records, indent=2))
-    _plot_layers(records, out / "layers.png")
+    atomic_write_text(out / "layers.json", json.dumps(records, indent=2), "--out file")
+    atomic_write(out / "layers.png", lambda file: _plot_layers(records, file), "--out file")
     if args.json:
         sys.stdout.write(json.dumps(records) + "\n")
     else:
@@ -110,7 +118,12 @@ def layers_command(args) -> int:
     return 0
 
 
-def _plot_layers(records: list[dict], path: Path) -> None:
+def _plot_layers(records: list[dict], file: BinaryIO) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     figure, axis = plt.subplots(figsize=(max(4, 1.4 * len(records)), 3.5))
     labels = [f"{r['teacher_layer']}\n{r['student_layer']}" for r in records]
     values = [r["mi_nats"] for r in records]
@@ -121,8 +134,9 @@ def _plot_layers(records: list[dict], path: Path) -> None:
     axis.bar(range(len(records)), values, yerr=errors, color="tab:blue", alpha=0.8)
     axis.set_xticks(range(len(records)), labels, fontsize=7)
     axis.set_ylabel("MI (nats)")
-    axis.set_title(f"teacher-student MI per layer ({records[0]['estimator'] if records else ''})")
+    estimators = sorted({r["estimator"] for r in records})
+    axis.set_title(f"teacher-student MI per layer ({', '.join(estimators)})")
     axis.grid(axis="y", alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(file, dpi=110, format="png")
     plt.close(figure)
