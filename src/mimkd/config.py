@@ -100,10 +100,14 @@ class ModelConfig:
 @dataclass
 class TeacherConfig:
     checkpoint: str | None = option(
-        None, "teacher checkpoint: mimkd's .pt, a state_dict .pt/.pth/.safetensors"
+        None,
+        "teacher file: mimkd's .pt, a RepDistiller/mdistiller .pth ({'model': ...}), "
+        "a state_dict .pt/.pth/.safetensors",
     )
     model: str | None = option(
-        None, "architecture for a plain state_dict (mimkd checkpoints record it)"
+        None,
+        "architecture of the teacher file; unset: what the file records, else its folder "
+        "name as RepDistiller names it (resnet32x4_vanilla/ -> resnet32x4)",
     )
     weights: str | None = option(
         None, "tv:/timm: pretrained weights name when no checkpoint is given"

@@ -66,11 +66,16 @@ def test_stop_after_one_epoch_and_resume_matches_two_straight(
         None, [*_base(idx_folder, stopped, method, teacher), f"max_steps={steps_per_epoch}"]
     )
     run(config, method_config)
-    assert load_checkpoint(stopped / "last.pt")["epoch"] == 1
+    first_session = load_checkpoint(stopped / "last.pt")
+    assert first_session["epoch"] == 1 and first_session["train_seconds"] > 0
     config, method_config = load_config(
         None, [*_base(idx_folder, stopped, method, teacher), "resume=true"]
     )
-    run(config, method_config)
+    resumed = run(config, method_config)
+    # the run's wall time counts both sessions, not only the one that finished it
+    assert resumed["wall_seconds"] - resumed["session_seconds"] == pytest.approx(
+        first_session["train_seconds"], abs=0.05
+    )
 
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(stopped / "last.pt")
     assert a["epoch"] == b["epoch"] == 2 and a["step"] == b["step"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime
+import functools
 import platform
 from pathlib import Path
 from typing import Any
@@ -201,36 +202,29 @@ def _data_and_models(
         _check_classes(teacher, sample_input, dataset.num_classes, "teacher")
     _check_classes(student, sample_input, dataset.num_classes, "student")
 
-    # a last batch too small for the method's negatives is dropped; otherwise every image is used
-    remainder = (len(dataset.train) // distributed.world_size) % config.data.batch_size
-    train_loader = make_loader(
-        dataset.train,
-        config.data.batch_size,
+    # what both loaders share: normalisation, placement, workers and this rank's shard
+    loader = functools.partial(
+        make_loader,
         mean=dataset.mean,
         std=dataset.std,
         device=device,
+        num_workers=config.data.num_workers,
+        rank=distributed.rank,
+        world_size=distributed.world_size,
+        channels_last=config.channels_last,
+    )
+    # a last batch too small for the method's negatives is dropped; otherwise every image is used
+    remainder = (len(dataset.train) // distributed.world_size) % config.data.batch_size
+    train_loader = loader(
+        dataset.train,
+        config.data.batch_size,
         train=True,
         augment=config.data.augment,
         seed=config.seed,
-        num_workers=config.data.num_workers,
         drop_last=0 < remainder < info.min_batch_size,
-        rank=distributed.rank,
-        world_size=distributed.world_size,
-        channels_last=config.channels_last,
     )
     # every rank evaluates its shard; `evaluate` adds the counts over ranks
-    test_loader = make_loader(
-        dataset.test,
-        config.data.eval_batch_size,
-        mean=dataset.mean,
-        std=dataset.std,
-        device=device,
-        train=False,
-        num_workers=config.data.num_workers,
-        rank=distributed.rank,
-        world_size=distributed.world_size,
-        channels_last=config.channels_last,
-    )
+    test_loader = loader(dataset.test, config.data.eval_batch_size, train=False)
     return dataset, student, teacher, teacher_record, train_loader, test_loader
 
 

@@ -272,6 +272,9 @@ class Trainer:
         self.best_epoch = 0
         self.saved_epoch = 0  # the epoch last.pt holds (0: none written or resumed yet)
         self.history: list[dict] = []
+        # training time over every session of this run (a resumed run adds to what it resumed)
+        self.seconds_before = 0.0
+        self._session_start = time.perf_counter()
         self.folder: RunFolder | None = None
         self.metrics_file = self.run_dir / "metrics.jsonl"
         self.tensorboard = None
@@ -307,8 +310,13 @@ class Trainer:
             "best_accuracy": self.best_accuracy,
             "best_epoch": self.best_epoch,
             "history": self.history,
+            "train_seconds": self.train_seconds(),
             **self.record,
         }
+
+    def train_seconds(self) -> float:
+        """Seconds this run has trained, over every session that resumed it."""
+        return self.seconds_before + time.perf_counter() - self._session_start
 
     def save(self, is_best: bool) -> None:
         """last.pt, then best.pt. last.pt first: it is what resuming reads, and a best.pt left
@@ -364,6 +372,7 @@ class Trainer:
         self.best_epoch = state["best_epoch"]
         self.saved_epoch = self.epoch
         self.history = list(state["history"])
+        self.seconds_before = float(state.get("train_seconds", 0.0))
         return state
 
     def _check_global_batch(self, path: str | Path, state: dict) -> None:
@@ -565,7 +574,7 @@ class Trainer:
                 f"global batch {self.global_batch_size} / {self.config.optim.reference_batch_size}"
                 f" = {self.lr:g}"
             )
-        start = time.perf_counter()
+        self._session_start = start = time.perf_counter()
         total_steps = self._total_steps()
         bar = tqdm(
             total=total_steps,
@@ -586,7 +595,8 @@ class Trainer:
             if self.tensorboard is not None:
                 self.tensorboard.close()
         last = self.history[-1]["test_top1"] if self.history else float("nan")
-        wall_seconds = time.perf_counter() - start
+        session_seconds = time.perf_counter() - start
+        wall_seconds = self.train_seconds()
         results = {
             **{key: value for key, value in self.record.items() if key not in _NOT_IN_RESULTS},
             "best_accuracy": self.best_accuracy,
@@ -598,7 +608,8 @@ class Trainer:
             "global_batch_size": self.global_batch_size,
             "lr": self.lr,
             "lr_scaling": self.config.optim.lr_scaling,
-            "wall_seconds": wall_seconds,
+            "wall_seconds": wall_seconds,  # every session's, resumed ones included
+            "session_seconds": session_seconds,
             "run_dir": str(self.run_dir),
         }
         if self.distributed.is_main and self.record:
