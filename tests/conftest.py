@@ -49,6 +49,32 @@ def idx_folder(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def train_run(idx_folder):
+    """`train_run(folder, *settings, data_root=None) -> best.pt`: one epoch of `mimkd train` on
+    the generated Fashion-MNIST files (or `data_root`), through the CLI, compile off."""
+    from mimkd.cli import main
+
+    def train(folder: Path, *settings: str, data_root: Path | None = None) -> Path:
+        code = main(
+            [
+                "train",
+                "model=cnn_tiny",
+                f"data.root={data_root or idx_folder}",
+                "data.download=false",
+                "epochs=1",
+                "progress=false",
+                "compile=false",
+                f"run_dir={folder}",
+                *settings,
+            ]
+        )
+        assert code == 0
+        return folder / "best.pt"
+
+    return train
+
+
 def write_cifar(root: Path, name: str, train_count: int = 60, test_count: int = 20) -> Path:
     """torchvision's pickle layout: dicts with bytes keys, data as [N, 3072] uint8 rows."""
     if name == "cifar10":

@@ -12,21 +12,8 @@ from mimkd.distillers import list_distillers
 
 
 @pytest.fixture(scope="module")
-def teacher_10_classes(idx_folder, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("teacher")
-    code = main(
-        [
-            "train",
-            "model=cnn_tiny",
-            f"data.root={idx_folder}",
-            "data.download=false",
-            "epochs=1",
-            "progress=false",
-            f"run_dir={folder}",
-        ]
-    )
-    assert code == 0
-    return folder / "best.pt"
+def teacher_10_classes(train_run, tmp_path_factory):
+    return train_run(tmp_path_factory.mktemp("teacher"))
 
 
 def _fails_cleanly(capsys, argv, *fragments):

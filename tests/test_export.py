@@ -28,27 +28,9 @@ FORMATS = ("onnx", "safetensors", "pt2")
 FASHION_CLASSES_FIRST = "T-shirt/top"
 
 
-def _train(idx_folder: Path, folder: Path, *extra: str) -> Path:
-    code = main(
-        [
-            "train",
-            "model=cnn_tiny",
-            f"data.root={idx_folder}",
-            "data.download=false",
-            "epochs=1",
-            "progress=false",
-            "compile=false",
-            f"run_dir={folder}",
-            *extra,
-        ]
-    )
-    assert code == 0
-    return folder / "best.pt"
-
-
 @pytest.fixture(scope="module")
-def checkpoint(idx_folder, tmp_path_factory) -> Path:
-    return _train(idx_folder, tmp_path_factory.mktemp("export"))
+def checkpoint(train_run, tmp_path_factory) -> Path:
+    return train_run(tmp_path_factory.mktemp("export"))
 
 
 @pytest.fixture(scope="module")

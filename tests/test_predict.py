@@ -19,37 +19,19 @@ from mimkd.engine.evaluate import load_test_set
 FORMATS = ("onnx", "safetensors", "pt2")
 
 
-def _train(idx_folder: Path, folder: Path, *settings: str) -> Path:
-    code = main(
-        [
-            "train",
-            f"data.root={idx_folder}",
-            "data.download=false",
-            "epochs=1",
-            "progress=false",
-            "compile=false",
-            f"run_dir={folder}",
-            *settings,
-        ]
-    )
-    assert code == 0
-    return folder / "best.pt"
-
-
 @pytest.fixture(scope="module")
-def models(idx_folder, tmp_path_factory) -> dict[str, Path]:
+def models(train_run, tmp_path_factory) -> dict[str, Path]:
     """A grey 28x28 student with its three exports, and a CIFAR-zoo model that reads the same
     images padded to 32x32 and repeated to RGB (so predict must pad and repeat like eval)."""
     folder = tmp_path_factory.mktemp("predict")
-    checkpoint = _train(idx_folder, folder / "tiny", "model=cnn_tiny")
+    checkpoint = train_run(folder / "tiny")
     paths = {"checkpoint": checkpoint}
     for format in FORMATS:
         paths[format] = folder / f"tiny.{format}"
         assert (
             main(["export", str(checkpoint), "--format", format, "--out", str(paths[format])]) == 0
         )
-    paths["padded"] = _train(
-        idx_folder,
+    paths["padded"] = train_run(
         folder / "resnet8",
         "model=resnet8",
         "data.image_size=32",
@@ -158,14 +140,14 @@ def test_bad_images_fail_cleanly(models, pictures, tmp_path, capsys):
         assert captured.out == ""
 
 
-def test_a_checkpoint_predicts_without_its_dataset(idx_folder, tmp_path, capsys):
+def test_a_checkpoint_predicts_without_its_dataset(idx_folder, train_run, tmp_path, capsys):
     """A run records how an image becomes the model's input (`input` in the checkpoint), so the
     checkpoint alone predicts once its training data is gone."""
     import shutil
 
     data = tmp_path / "data"
     shutil.copytree(idx_folder, data)
-    checkpoint = _train(data, tmp_path / "run", "model=cnn_tiny", "max_steps=2")
+    checkpoint = train_run(tmp_path / "run", "max_steps=2", data_root=data)
     shutil.rmtree(data)
     capsys.readouterr()  # the training's own output
     picture = tmp_path / "picture.png"
