@@ -22,19 +22,20 @@ def _image_folder(root):
     return root
 
 
-@pytest.fixture(params=["device", "stream"])
+@pytest.fixture(params=["device", "stream", "stream-2-workers"])
 def split(request, idx_folder, tmp_path):
-    """(training split, mean, std): IDX tensors (DeviceLoader) or an image folder whose random
-    resized crops are drawn in the decoding workers (StreamLoader)."""
+    """(training split, mean, std, workers): IDX tensors (DeviceLoader, no workers) or an image
+    folder whose random resized crops are drawn in the process or in 2 decoding workers
+    (StreamLoader)."""
     if request.param == "device":
         data = load_dataset("fashion_mnist", root=str(idx_folder), download=False)
-        return data.train, data.mean, data.std
+        return data.train, data.mean, data.std, 0
     data = load_dataset("imagefolder", root=str(_image_folder(tmp_path)), image_size=16)
-    return data.train, data.mean, data.std
+    return data.train, data.mean, data.std, 2 if request.param.endswith("workers") else 0
 
 
-def _loader(split, batch_size, rank=0, world_size=1, workers=0):
-    data, mean, std = split
+def _loader(split, batch_size, rank=0, world_size=1):
+    data, mean, std, workers = split
     return make_loader(
         data, batch_size, mean=mean, std=std, device="cpu", train=True, augment="crop_flip",
         seed=7, num_workers=workers, rank=rank, world_size=world_size,
@@ -63,15 +64,12 @@ def test_two_ranks_together_take_the_one_process_batches(split):
             assert _equal(_as_one([shard[position] for shard in shards]), batch)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_an_epoch_resumed_midway_yields_the_rest_in_order(split, workers):
-    if workers and split[0].__class__.__name__ == "ImageTensors":
-        pytest.skip("the device-resident loader has no workers")
-    straight = _loader(split, 4, workers=workers)
+def test_an_epoch_resumed_midway_yields_the_rest_in_order(split):
+    straight = _loader(split, 4)
     list(straight)  # epoch 1
     expected = list(straight) + list(straight)  # epochs 2 and 3
 
-    stopped = _loader(split, 4, workers=workers)
+    stopped = _loader(split, 4)
     list(stopped)
     batches = iter(stopped)
     taken = [next(batches) for _ in range(3)]
@@ -79,7 +77,7 @@ def test_an_epoch_resumed_midway_yields_the_rest_in_order(split, workers):
     assert state["position"] == 3
     batches.close()
 
-    resumed = _loader(split, 4, workers=workers)
+    resumed = _loader(split, 4)
     resumed.load_state_dict(state)
     rest = list(resumed) + list(resumed)
     assert len(taken + rest) == len(expected)
