@@ -494,7 +494,10 @@ def load() -> str:
 def write_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(temp, 0o666 & ~umask)  # mkstemp makes 0600; the result is an ordinary file
         with os.fdopen(handle, "w") as stream:
             stream.write(text)
             stream.flush()

@@ -20,6 +20,9 @@
 #                        (compiled) on Fashion-MNIST as 3x32x32; accuracy, img/s, projected protocol
 #   4 cuda graphs        MIMKD with compile_mode=reduce-overhead (mimkd path only)
 #   5 overhead           MIMKD/KD step ratio and memory vs CRD
+#   6 launcher           the same MIMKD run plain and through `torchrun --standalone
+#                        --nproc-per-node=1` (needs stage fashion's teacher): the launcher's cost on
+#                        one GPU (one process trains without a DDP wrapper; N > 1 needs N GPUs)
 # Logs and JSON go to $OUT (the device tool's output folder) or ./gpu_check_out.
 # GPU_CHECK_STAGES=environment,grid runs only the stages named (default: all, in the order above).
 # The grid does not fit in one 560 s call after the throughput stage; give it its own call:
@@ -197,6 +200,31 @@ grid() {
     return $rc
 }
 
+launcher() {
+    local teacher="$WORK/fashion_teacher/best.pt" steps=300 every=50
+    [[ "$DEVICE" == cpu ]] && steps=6 every=2
+    [[ -f "$teacher" ]] || { echo "no teacher: run stage fashion first"; return 1; }
+    local data=(data.name=fashion_mnist data.image_size=32 data.channels=3 data.augment=crop_flip
+        data.batch_size=64 data.download=false "${SUBSET[@]}" progress=false log_every=$every)
+    local run=(method=mimkd model=$STUDENT "teacher=$teacher" "${data[@]}" epochs=1
+        max_steps=$steps optim.lr=0.05 compile=$COMPILE device=$DEVICE)
+    rm -rf "$WORK/plain" "$WORK/torchrun"
+    $PYTHON -m mimkd distill "${run[@]}" run_dir="$WORK/plain" || return 1
+    $PYTHON -m torch.distributed.run --standalone --nproc-per-node=1 -m mimkd distill \
+        "${run[@]}" run_dir="$WORK/torchrun" || return 1
+    $PYTHON - "$WORK/plain" "$WORK/torchrun" <<'PY'
+import json, statistics, sys
+speeds = {}
+for run in sys.argv[1:]:
+    records = [json.loads(line) for line in open(f"{run}/metrics.jsonl")]
+    values = [r["images_per_second"] for r in records if r["kind"] == "interval"]
+    speeds[run] = statistics.median(values[1:] or values)  # the first interval holds the compile
+plain, launched = speeds.values()
+print(f"MIMKD steady img/s: plain {plain:,.0f}, torchrun 1 process {launched:,.0f}"
+      f" (ratio {launched / plain:.3f})")
+PY
+}
+
 # a stage that is a shell function runs as `bash gpu_check.sh --stage NAME`, so timeout can kill it
 if [[ "${1:-}" == "--stage" ]]; then
     "$2"
@@ -214,5 +242,6 @@ stage cuda_graphs 120 $PYTHON benchmarks/throughput.py --device $DEVICE --steps 
     --json "$OUT_DIR/throughput_cuda_graphs.json"
 stage overhead 120 $PYTHON benchmarks/overhead.py --device $DEVICE --steps 300 --warmup 40 \
     "${STEPS[@]:0:4}" --repeats 2 --json "$OUT_DIR/overhead.json"
+stage launcher 200 bash "$SCRIPT" --stage launcher
 echo
 echo "# done in $((SECONDS - start))s of ${BUDGET}s"
