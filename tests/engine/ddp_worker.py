@@ -101,7 +101,8 @@ def run_cli(fault: dict | None, argv: list[str]) -> int:
 def run_jobs(jobs: list[dict]) -> None:
     from mimkd.config import load_config
     from mimkd.engine.build import build_run
-    from mimkd.engine.trainer import RunPreempted, Trainer
+    from mimkd.engine.preemption import RunPreempted
+    from mimkd.engine.trainer import Trainer
 
     rank = int(os.environ.get("RANK", "0"))
     for job in jobs:

@@ -27,8 +27,9 @@ from ddp_worker import launch_jobs
 from mimkd.config import load_config
 from mimkd.data import load_dataset, make_loader
 from mimkd.engine.build import build_run
+from mimkd.engine.metrics import evaluate
 from mimkd.engine.run import run_from_args
-from mimkd.engine.trainer import Trainer, evaluate
+from mimkd.engine.trainer import Trainer
 from mimkd.models import create_model
 from mimkd.serialization import load_checkpoint
 

@@ -31,8 +31,9 @@ from mimkd.distillers import (
 from mimkd.engine.checkpoint import seed_everything
 from mimkd.engine.distributed import DistributedContext, init_distributed
 from mimkd.engine.fast import prepare_frozen_teacher
+from mimkd.engine.metrics import evaluate
 from mimkd.engine.rundir import RunFolder, claim_run_folder
-from mimkd.engine.trainer import RunParts, evaluate
+from mimkd.engine.trainer import RunParts
 from mimkd.errors import ConfigError, MimkdError, ShapeError
 from mimkd.models import create_model
 from mimkd.models.loading import load_model

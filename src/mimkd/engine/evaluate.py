@@ -16,7 +16,7 @@ from torch import nn
 
 from mimkd.config import DataConfig, load_config
 from mimkd.data import DatasetBundle, load_dataset, make_loader
-from mimkd.engine.trainer import evaluate
+from mimkd.engine.metrics import evaluate
 from mimkd.errors import ConfigError, did_you_mean
 
 DATA_FIELDS = tuple(field.name for field in dataclasses.fields(DataConfig))

@@ -15,7 +15,7 @@ optimizer steps, with the loader's position and the epoch's running sums, so a r
 the epoch's remaining batches in the same order and logs the records an uninterrupted run logs.
 SIGTERM or SIGUSR1 (what SLURM and Kubernetes send before they preempt a job) sets a flag; at the
 next step every rank agrees to stop, rank 0 writes last.pt at that step, and the run raises
-`RunPreempted` (the CLI exits with `PREEMPTED_EXIT_CODE`, 75). Checkpoints do not depend on the
+`RunPreempted` (`mimkd.engine.preemption`; the CLI exits with 75). Checkpoints do not depend on the
 number of processes: a run resumes on another world size with the same global batch.
 """
 
@@ -24,8 +24,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,7 +39,9 @@ from mimkd.distillers.base import Distiller, StepOutput
 from mimkd.engine.checkpoint import capture_rng_state, restore_rng_state
 from mimkd.engine.distributed import DistributedContext, convert_sync_batchnorm
 from mimkd.engine.fast import CompiledOrEager, resolve_compile, resolve_precision, uses_cuda_graphs
+from mimkd.engine.metrics import RunningSums, evaluate
 from mimkd.engine.optim import build_optimizer, build_scheduler, scaled_lr
+from mimkd.engine.preemption import RunInterrupted, RunPreempted, StopSignals
 from mimkd.engine.report import write_run_report
 from mimkd.engine.rundir import (
     REPORT_FILES,
@@ -63,12 +63,6 @@ from mimkd.serialization import (
 
 # recorded in checkpoints, not repeated in results.json
 _NOT_IN_RESULTS = ("config", "class_names", "mean", "std", "model_name", "in_channels", "input")
-# EX_TEMPFAIL (sysexits.h): stopped by a scheduler's signal, checkpointed; run again to continue
-PREEMPTED_EXIT_CODE = 75
-# what schedulers send before they preempt or time out a job (SIGUSR1: SLURM's --signal)
-STOP_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name)
-)
 
 
 @dataclass
@@ -80,95 +74,6 @@ class TrainResult:
     wall_seconds: float = 0.0
     run_dir: str = ""
     results: dict[str, Any] = field(default_factory=dict)  # results.json's content
-
-
-class RunningSums:
-    """Device-side sums of per-step values; `read()` is the only place they reach the host."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.sums: dict[str, torch.Tensor] = {}
-        self.samples = torch.zeros((), device=device)
-        self.steps = 0
-
-    def add(self, values: dict[str, torch.Tensor], batch_size: torch.Tensor | int) -> None:
-        for key, value in values.items():
-            value = value.detach().float()
-            if key in self.sums:
-                self.sums[key] += value
-            else:
-                self.sums[key] = value.clone()
-        self.samples += batch_size
-        self.steps += 1
-
-    def read(self, distributed: DistributedContext | None = None) -> dict[str, float]:
-        """Means per step; with `distributed`, over every rank's steps (called on every rank at
-        the same step: the mean one process reports, as every rank averages equal batches)."""
-        if not self.sums:
-            return {}
-        keys = list(self.sums)
-        stacked = torch.stack([self.sums[k] for k in keys])
-        ranks = 1
-        if distributed is not None and distributed.enabled:
-            stacked = distributed.sum(stacked)
-            ranks = distributed.world_size
-        values = stacked.cpu().tolist()
-        return {key: value / max(self.steps * ranks, 1) for key, value in zip(keys, values)}
-
-    def state_dict(self) -> dict:
-        return {
-            "sums": {key: value.cpu() for key, value in self.sums.items()},
-            "samples": self.samples.cpu(),
-            "steps": self.steps,
-        }
-
-    @classmethod
-    def from_state(cls, state: dict | None, device: torch.device) -> RunningSums:
-        sums = cls(device)
-        if state is not None:
-            sums.sums = {key: value.to(device) for key, value in state["sums"].items()}
-            sums.samples = state["samples"].to(device)
-            sums.steps = state["steps"]
-        return sums
-
-
-def evaluate(
-    model: torch.nn.Module, loader, autocast, distributed: DistributedContext | None = None
-) -> dict[str, float]:
-    """Top-1/top-5 accuracy and mean CE of `model` over a loader (one host sync at the end).
-
-    With `distributed`, each rank evaluates its shard of the test set (every sample once over
-    all ranks) and the sums are added over ranks: the numbers one process gets."""
-    was_training = model.training
-    model.eval()
-    device_sums = None
-    with torch.no_grad(), autocast():
-        for images, labels, _ in loader:
-            logits = model(images).float()
-            top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            hits = top5 == labels[:, None]
-            batch = torch.stack(
-                [
-                    hits[:, 0].sum().float(),
-                    hits.any(dim=1).sum().float(),
-                    torch.nn.functional.cross_entropy(logits, labels, reduction="sum"),
-                    torch.tensor(float(labels.shape[0]), device=labels.device),
-                ]
-            )
-            device_sums = batch if device_sums is None else device_sums + batch
-    model.train(was_training)
-    if device_sums is None:  # an empty shard (a test set smaller than the number of ranks)
-        device_sums = torch.zeros(4, device=_module_device(model))
-    if distributed is not None and distributed.enabled:
-        device_sums = distributed.sum(device_sums)
-    top1, top5, loss, count = device_sums.cpu().tolist()
-    count = max(count, 1.0)
-    return {"top1": top1 / count, "top5": top5 / count, "loss": loss / count, "count": count}
-
-
-def _module_device(model) -> torch.device:
-    parameter = next(iter(getattr(model, "parameters", list)()), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 @dataclass
@@ -187,27 +92,6 @@ class RunParts:
     record: dict[str, Any] = field(default_factory=dict)
     # the run folder, claimed by `build_run` (None: `Trainer.fit` claims it)
     folder: RunFolder | None = None
-
-
-class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C during `fit`: still a KeyboardInterrupt, carrying the folder to resume."""
-
-    def __init__(self, run_dir: Path):
-        super().__init__(str(run_dir))
-        self.run_dir = str(run_dir)
-
-
-class RunPreempted(RunInterrupted):
-    """SIGTERM/SIGUSR1 during `fit`: last.pt holds the step the run stopped at (every rank
-    raises it; `quiet` on all but rank 0, so the CLI prints one line)."""
-
-    exit_code = PREEMPTED_EXIT_CODE
-
-    def __init__(self, run_dir: Path, signal_name: str, step: int, *, quiet: bool = False):
-        super().__init__(run_dir)
-        self.signal_name = signal_name
-        self.step = step
-        self.quiet = quiet
 
 
 class Trainer:
@@ -281,7 +165,7 @@ class Trainer:
         self._epoch_tensor = torch.zeros((), device=device)
         self._batch_sizes: list[int] | None = None  # per batch of an epoch, for accumulation
         self._resumed_sums: dict | None = None  # a mid-epoch checkpoint's running sums
-        self._stop_signal: int | None = None  # a scheduler's stop signal, received
+        self.stop_signals = StopSignals()  # a scheduler's stop signal, once received
 
     # ---- precision / compile -----------------------------------------------------------------
     def autocast(self):
@@ -507,40 +391,16 @@ class Trainer:
         return self.epoch < self.config.epochs and self.step < self._total_steps()
 
     # ---- stop signals ------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _stop_signals(self):
-        """While training, SIGTERM/SIGUSR1 set a flag the loop reads at the next step (Python
-        runs handlers in the main thread only: a fit elsewhere keeps the default handlers)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def received(signum, _frame) -> None:
-            if self._stop_signal is None:
-                self._stop_signal = signum
-
-        previous = {number: signal.signal(number, received) for number in STOP_SIGNALS}
-        try:
-            yield
-        except RunPreempted:
-            # stopping as asked: a repeat of the signal (a launcher terminating the processes
-            # that have not exited yet) must not turn this exit into a death by signal
-            previous = dict.fromkeys(previous, signal.SIG_IGN)
-            raise
-        finally:
-            for number, handler in previous.items():
-                signal.signal(number, handler)
-
     def _stop_agreed(self) -> bool:
         """Whether any rank received a stop signal: the same answer (and signal) on every rank,
         at the same step (a small all-reduce on a gloo group)."""
-        received = self.distributed.max_over_ranks(self._stop_signal or 0)
+        received = self.distributed.max_over_ranks(self.stop_signals.received or 0)
         if received:
-            self._stop_signal = received
+            self.stop_signals.received = received
         return bool(received)
 
     def _preempted(self) -> RunPreempted:
-        name = signal.Signals(self._stop_signal).name
+        name = self.stop_signals.name
         self._log_main(f"{name}: checkpoint at step {self.step} in {self.run_dir / 'last.pt'}")
         return RunPreempted(self.run_dir, name, self.step, quiet=not self.distributed.is_main)
 
@@ -551,7 +411,7 @@ class Trainer:
         The run folder is locked from the start to the end of `fit`, on every way out."""
         self._open_run()
         try:
-            with self._stop_signals():
+            with self.stop_signals.watching():
                 return self._fit()
         except RunInterrupted:
             raise
