@@ -34,6 +34,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from machine import cpu_name
+
 TINY = [
     "model.name=cnn_tiny",
     "data.train_subset=200",
@@ -475,16 +477,6 @@ def commit(path: Path) -> str:
     except (OSError, subprocess.TimeoutExpired):
         return "?"
     return found.stdout.strip() or "?"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load() -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_name
 
 try:
     import mimkd  # noqa: F401
@@ -109,16 +109,6 @@ def cifar_pair(work: Path) -> tuple[Path, Path, list[str]]:
     # 500 test images bound the accuracy passes the exports make (the accuracy is not reported)
     data = ["data.name=fashion_mnist", "data.image_size=32", "data.channels=3"]
     return paths[0], paths[1], [*data, "data.test_subset=500"]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def timed_ms(variant: Variant, images: torch.Tensor, warmup: int, repeats: int) -> float:

@@ -24,7 +24,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_name
 from mi_tasks import TASKS
 
 from mimkd.estimate import estimate_mi
@@ -86,14 +86,7 @@ def best_of(records: dict, true_mi: float) -> tuple[str, float, float]:
 
 
 def machine_line(threads: int) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     return (
         f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__} with {threads} thread(s), "

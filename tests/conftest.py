@@ -49,6 +49,17 @@ def idx_folder(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test, restored after: small matmuls (critic steps, small-batch
+    distiller steps) where a second OpenMP thread only spins on a busy 2-core machine. Use it
+    with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def train_run(idx_folder):
     """`train_run(folder, *settings, data_root=None) -> best.pt`: one epoch of `mimkd train` on

@@ -14,14 +14,7 @@ from mimkd.distillers.mimkd import MIMKDConfig, random_derangement, same_class_n
 from mimkd.errors import ConfigError, ShapeError
 from mimkd.models import MODELS, create_model
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small-batch steps: a second OpenMP thread mostly spins on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cnn_pair():

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from known_mi import gaussian_pairs
 from scipy.special import digamma
 
@@ -19,12 +18,7 @@ from mimkd.cli import main
 SOURCE_ROOT = str(Path(mimkd.__file__).resolve().parents[1])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _error_line(capsys) -> str:

@@ -4,7 +4,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from known_mi import gaussian_pairs, student_t_mi, student_t_pairs
 
 from mimkd.errors import ConfigError, DataError, UnknownNameError
@@ -15,14 +14,7 @@ from mimkd.estimate.core import MIEstimate, _warnings
 FAST = {"hidden": 64, "steps": 500, "batch_size": 128, "lr": 2e-3, "bootstrap": 100}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Critic steps are tiny matmuls: a second OpenMP thread only spins (10x slower on a busy
-    2-core machine), so these tests run single-threaded and restore the setting after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- auto: error bounds against closed-form MI ------------------------------------------------

@@ -8,13 +8,7 @@ import torch
 from mimkd.estimate import format_layer_table, layer_mi, pair_by_depth
 from mimkd.models import create_model
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_pair_by_depth_matches_relative_depth():
