@@ -87,6 +87,19 @@ class Report:
     load_average_after: list[float] = field(default_factory=list)
 
 
+def _timed(model, device: str) -> Callable:
+    """A call of `model` without autograd that returns only when the device is done."""
+
+    def run(inputs):
+        with torch.inference_mode():
+            out = model(inputs)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    return run
+
+
 def quickstart_pair(root: Path) -> tuple[Path, Path]:
     """The newest quickstart's teacher and MIMKD student (`mimkd quickstart` writes them)."""
     teachers = sorted((root / "teachers").glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
@@ -132,28 +145,13 @@ def torch_variants(role: str, module: torch.nn.Module, size: int, accuracy, args
         def prepare(images, device=device):
             return images.to(device)
 
-        def run(inputs, model=model, device=device):
-            with torch.inference_mode():
-                out = model(inputs)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            return out
-
-        variants.append(Variant(role, "PyTorch eager", device, run, prepare, size, accuracy))
+        variants.append(
+            Variant(role, "PyTorch eager", device, _timed(model, device), prepare, size, accuracy)
+        )
         if args.no_compile:
             continue
-        compiled = torch.compile(model)
-
-        def run_compiled(inputs, compiled=compiled, device=device):
-            with torch.inference_mode():
-                out = compiled(inputs)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            return out
-
-        variants.append(
-            Variant(role, "torch.compile", device, run_compiled, prepare, size, accuracy)
-        )
+        compiled = _timed(torch.compile(model), device)
+        variants.append(Variant(role, "torch.compile", device, compiled, prepare, size, accuracy))
     return variants
 
 

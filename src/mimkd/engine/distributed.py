@@ -26,8 +26,6 @@ import contextlib
 import datetime
 import os
 import re
-import signal
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +37,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mimkd.distillers.collectives import RankSyncedBuffers, sum_ranks
+from mimkd.engine.preemption import ignore_stop_signals
 from mimkd.errors import MimkdError
 
 # what a collective's error says when the other end of it failed or stopped answering
@@ -146,7 +145,7 @@ class DistributedContext:
         dist.all_gather_object(outcomes, mine)
         failed = [rank for rank, outcome in enumerate(outcomes) if outcome is not None]
         if failed:
-            _exit_with_own_code()
+            ignore_stop_signals()  # every rank now stops with its own exit code
         if not failed or (error is not None and failed[0] == self.rank):
             return  # all well, or this rank's error is the one to show: the caller raises it
         first = failed[0]
@@ -166,15 +165,6 @@ class DistributedContext:
             f"({_first_sentence(error)}); another process of the run failed or stopped answering "
             "(see its error)."
         )
-
-
-def _exit_with_own_code() -> None:
-    """Every process now stops with its own exit code; torchrun sends SIGTERM to the processes
-    still running once one has exited, which would turn a slower process's exit 2 into a death
-    by signal (-15). The process is stopping anyway: ignore it (main thread only, as Python
-    requires)."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _first_sentence(error: BaseException) -> str:

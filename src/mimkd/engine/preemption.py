@@ -65,13 +65,24 @@ class StopSignals:
                 self.received = signum
 
         previous = {number: signal.signal(number, note) for number in STOP_SIGNALS}
+        stopping = False
         try:
             yield
         except RunPreempted:
-            # stopping as asked: a repeat of the signal (a launcher terminating the processes
-            # that have not exited yet) must not turn this exit into a death by signal
-            previous = dict.fromkeys(previous, signal.SIG_IGN)
+            stopping = True
             raise
         finally:
             for number, handler in previous.items():
                 signal.signal(number, handler)
+            if stopping:
+                ignore_stop_signals()
+
+
+def ignore_stop_signals() -> None:
+    """For a process that is stopping with its own exit code (preempted, or a rank that agreed to
+    stop): torchrun sends SIGTERM to the processes still running once one has exited, which
+    would turn a slower process's exit into a death by signal (-15). Main thread only, as Python
+    requires."""
+    if threading.current_thread() is threading.main_thread():
+        for number in STOP_SIGNALS:
+            signal.signal(number, signal.SIG_IGN)
