@@ -10,6 +10,7 @@ from scipy.stats import multivariate_normal
 
 from mimkd.estimate.critics import (
     CanonicalCritic,
+    EnergyFeatures,
     ResidualCritic,
     SquaredFeatures,
     canonical_pairs,
@@ -85,3 +86,12 @@ def test_residual_critic_starts_as_its_base_and_squared_features_widen_the_input
         extra = inner.matrix_scores(inner.encode_a(squared_x), inner.encode_b(squared_y))
         scores = combined.matrix_scores(combined.encode_a(x), combined.encode_b(y))
         assert torch.allclose(scores, expected + extra, atol=1e-5)
+
+
+def test_energy_features_are_each_row_s_log_mean_square():
+    rows = torch.tensor([[1.0, 3.0], [0.5, -0.5]])
+    expected = torch.log(torch.tensor([[5.0], [0.25]]))
+    assert torch.allclose(EnergyFeatures.expand(rows), expected)
+    assert EnergyFeatures.width(7) == 1 and SquaredFeatures.width(7) == 14
+    critic = EnergyFeatures(build_critic("separable", 1, 1, 8))
+    assert critic.matrix_scores(critic.encode_a(rows), critic.encode_b(rows)).shape == (2, 2)

@@ -1,14 +1,21 @@
 """The neural estimators' pieces: held-out evaluation, sampled negatives, the mean of critics."""
 
+from dataclasses import replace
+
 import pytest
 import torch
+from known_mi import student_t_pairs
 
+from mimkd.errors import ConfigError
 from mimkd.estimate.neural import (
     ESTIMATORS,
+    CriticOptions,
     MeanCritic,
     _bound_from_rows,
     _candidate_scores,
     _row_statistics,
+    check_neural_options,
+    neural_estimate,
 )
 from mimkd.mi import bounds
 from mimkd.mi.critics import build_critic
@@ -67,3 +74,33 @@ def test_mean_critic_scores_the_mean_of_its_members():
         pairs = mean.pair_scores(mean.encode_a(x), mean.encode_b(y))
     assert torch.allclose(scores, expected, atol=1e-6)
     assert torch.allclose(pairs, expected.diagonal(), atol=1e-6)
+
+
+def test_input_candidates_train_one_critic_each_and_validation_keeps_one():
+    x, y = (torch.from_numpy(side).float() for side in student_t_pairs(2, 2, 1, 1200))
+    spec = ESTIMATORS.create("infonce")
+    options = CriticOptions(
+        hidden=16, steps=60, batch_size=64, gaussian_base=True, crossfit=True, patience=3
+    )
+    both = neural_estimate(
+        x,
+        y,
+        spec,
+        replace(options, inputs=("squares", "energy")),
+        bootstrap=0,
+        progress=False,
+    )
+    assert len(both.inputs) == 2 and set(both.inputs) <= {"squares", "energy"}
+    # the paired excess over the Gaussian critic alone comes with every Gaussian-based InfoNCE run
+    assert both.excess_over_gaussian is not None and both.excess_standard_error >= 0
+    alone = neural_estimate(
+        x,
+        y,
+        spec,
+        replace(options, inputs=(both.inputs[0],)),
+        bootstrap=0,
+        progress=False,
+    )
+    assert alone.inputs[0] == both.inputs[0]
+    with pytest.raises(ConfigError, match="critic inputs"):
+        check_neural_options(replace(options, inputs=("cubes",)), 0.5, 0.2, 64)

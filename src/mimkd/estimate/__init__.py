@@ -2,9 +2,11 @@
 
 Data flows in the order of the modules: `pairs` reads paired rows, `preprocess` maps each variable
 by a transform MI permits (the copula transform by default), `choose` picks the estimator for
-"auto", `ksg` (k-nearest neighbours, low dimension) or `neural` (a fresh critic from `mimkd.mi`'s
-critics and bounds, trained on one split, evaluated on another) produces the number, `core` ties
-them into `estimate_mi`, `report` prints and writes it, `layers` applies it between two networks,
+"auto", `ksg` (k-nearest neighbours, low dimension), `gaussian` (the Gaussian-copula closed form)
+or `neural` (a fresh critic from `mimkd.mi`'s critics and bounds, trained on one split, evaluated
+on another) produces the number (`subsets` gives the first two their standard errors), `core`
+ties them into `estimate_mi` and has `auto` report the closed form when neither KSG nor a critic
+finds anything beyond it, `report` prints and writes it, `layers` applies it between two networks,
 and `command` is the CLI's side of it.
 """
 

@@ -158,28 +158,26 @@ class ResidualCritic(nn.Module):
         return self._combine("matrix_scores", encoded_a, encoded_b)
 
 
-class SquaredFeatures(nn.Module):
-    """Feeds a critic [x, x^2 - 1] per coordinate instead of x.
-
-    After the copula transform every coordinate is N(0, 1), so x^2 - 1 is centred. Dependence
-    through a shared scale (Student-t, stochastic volatility: all |x_i| and |y_j| large together)
-    is invisible to linear features and first-order in the squares, where a separable critic
-    scores it with one bilinear form.
-    """
+class InputMap(nn.Module):
+    """Feeds a critic `expand(x)` instead of x; `width(d)` is the expanded width."""
 
     def __init__(self, inner: nn.Module):
         super().__init__()
         self.inner = inner
 
     @staticmethod
-    def _expand(features: torch.Tensor) -> torch.Tensor:
-        return torch.cat([features, features**2 - 1.0], dim=-1)
+    def expand(features: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def width(dims: int) -> int:
+        raise NotImplementedError
 
     def encode_a(self, features: torch.Tensor) -> torch.Tensor:
-        return self.inner.encode_a(self._expand(features))
+        return self.inner.encode_a(self.expand(features))
 
     def encode_b(self, features: torch.Tensor) -> torch.Tensor:
-        return self.inner.encode_b(self._expand(features))
+        return self.inner.encode_b(self.expand(features))
 
     def pair_scores(self, encoded_a: torch.Tensor, encoded_b: torch.Tensor) -> torch.Tensor:
         return self.inner.pair_scores(encoded_a, encoded_b)
@@ -188,8 +186,57 @@ class SquaredFeatures(nn.Module):
         return self.inner.matrix_scores(encoded_a, encoded_b)
 
 
+class SquaredFeatures(InputMap):
+    """[x, x^2 - 1] per coordinate.
+
+    After the copula transform every coordinate is N(0, 1), so x^2 - 1 is centred. Dependence
+    through a shared scale (Student-t, stochastic volatility: all |x_i| and |y_j| large together)
+    is invisible to linear features and first-order in the squares, where a separable critic
+    scores it with one bilinear form.
+    """
+
+    @staticmethod
+    def expand(features: torch.Tensor) -> torch.Tensor:
+        return torch.cat([features, features**2 - 1.0], dim=-1)
+
+    @staticmethod
+    def width(dims: int) -> int:
+        return 2 * dims
+
+
+class EnergyFeatures(InputMap):
+    """log mean_i x_i^2: one number per side, the pooled scale of the row.
+
+    When the dependence is a shared scale and nothing else (Student-t with identity dispersion:
+    X and Y are independent given the common chi-square), it is all a critic needs, and a critic
+    on one input per side cannot memorise rows the way one on 2 d inputs does: on the 5x5 Student-t
+    task (0.448 nats, 4,000 training rows) the [x, x^2 - 1] residual reached 0.34-0.36, this one
+    0.40-0.42. `auto` trains both and keeps the one with the better validation bound.
+    """
+
+    @staticmethod
+    def expand(features: torch.Tensor) -> torch.Tensor:
+        return torch.log((features.float() ** 2).mean(-1, keepdim=True).clamp_min(1e-12))
+
+    @staticmethod
+    def width(dims: int) -> int:
+        return 1
+
+
+# what a trained critic (or residual) may see; `CriticOptions.inputs` names candidates from here
+# ("plain": x as it is, no map)
+INPUT_MAPS: dict[str, type[InputMap] | None] = {
+    "plain": None,
+    "squares": SquaredFeatures,
+    "energy": EnergyFeatures,
+}
+
+
 __all__ = [
+    "INPUT_MAPS",
     "CanonicalCritic",
+    "EnergyFeatures",
+    "InputMap",
     "ResidualCritic",
     "SquaredFeatures",
     "canonical_pairs",

@@ -14,15 +14,18 @@ scipy (cKDTree, digamma).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from mimkd.errors import ConfigError
+from mimkd.estimate.subsets import INTERVAL_SUBSETS, disjoint_subsets, standard_error, values_on
 
-DEFAULT_NEIGHBOURS = 3  # Kraskov et al. recommend k = 2-4; larger k trades variance for bias
-INTERVAL_SUBSETS = 10
+# Kraskov et al. recommend k = 2-4; larger k trades variance for bias. Measured on the copula
+# scores of 10,000 rows (30-60 draws per task): on the sharp-edged additive tasks RMSE 0.020-0.022
+# and 0.014-0.015 nats at k = 2-3, 0.029 and 0.014 at k = 5; on the smooth ones 0.011 at k = 3,
+# 0.009-0.010 at k = 5-8. The smooth Gaussian-copula ones go to the closed form under `auto`.
+DEFAULT_NEIGHBOURS = 3
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,7 @@ class KSGResult:
     subsets: int
 
 
-def _require_scipy():
+def require_scipy():
     try:
         from scipy.spatial import cKDTree
         from scipy.special import digamma
@@ -47,7 +50,7 @@ def _require_scipy():
 
 def ksg_mi(x: np.ndarray, y: np.ndarray, neighbours: int = DEFAULT_NEIGHBOURS) -> float:
     """KSG estimator 1 of I(X; Y) in nats from x [N, Dx], y [N, Dy] (N > neighbours)."""
-    tree_type, digamma = _require_scipy()
+    tree_type, digamma = require_scipy()
     n = x.shape[0]
     if not 1 <= neighbours < n:
         raise ConfigError(f"KSG needs 1 <= k < number of rows ({n}); got k = {neighbours}.")
@@ -72,22 +75,15 @@ def ksg_with_interval(
     subsets: int = INTERVAL_SUBSETS,
     rng: np.random.Generator | None = None,
 ) -> KSGResult:
-    """The estimate on every row, and its standard error from `subsets` disjoint random subsets.
-
-    A bootstrap would be wrong here: a resampled row is its own neighbour at distance 0. KSG's
-    variance falls as 1/N, so the spread s of the estimates on m disjoint subsets of N/m rows gives
-    the full estimate's standard error as s / sqrt(m). This covers sampling noise only, not the
-    estimator's bias (which grows with dimension and with MI).
-    """
+    """The estimate on every row, and its standard error from `subsets` disjoint random subsets
+    (`mimkd.estimate.subsets`): sampling noise only, not the estimator's bias (which grows with
+    dimension and with MI)."""
     estimate = ksg_mi(x, y, neighbours)
-    n = x.shape[0]
-    subsets = min(subsets, n // (2 * (neighbours + 1)))
-    if subsets < 2:
-        return KSGResult(estimate, math.nan, neighbours, 0)
-    rng = rng or np.random.default_rng(0)
-    parts = np.array_split(rng.permutation(n), subsets)
-    values = np.array([ksg_mi(x[part], y[part], neighbours) for part in parts])
-    return KSGResult(estimate, float(values.std(ddof=1) / math.sqrt(subsets)), neighbours, subsets)
+    parts = disjoint_subsets(
+        x.shape[0], 2 * (neighbours + 1), rng or np.random.default_rng(0), subsets
+    )
+    values = values_on(lambda a, b: ksg_mi(a, b, neighbours), x, y, parts)
+    return KSGResult(estimate, standard_error(values), neighbours, len(parts))
 
 
-__all__ = ["DEFAULT_NEIGHBOURS", "KSGResult", "ksg_mi", "ksg_with_interval"]
+__all__ = ["DEFAULT_NEIGHBOURS", "KSGResult", "ksg_mi", "ksg_with_interval", "require_scipy"]
