@@ -20,6 +20,7 @@ training starts from the fitted critic and early stopping can keep it as it is.
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable
 
@@ -158,7 +159,7 @@ class ResidualCritic(nn.Module):
         return self._combine("matrix_scores", encoded_a, encoded_b)
 
 
-class InputMap(nn.Module):
+class InputMap(nn.Module, abc.ABC):
     """Feeds a critic `expand(x)` instead of x; `width(d)` is the expanded width."""
 
     def __init__(self, inner: nn.Module):
@@ -166,12 +167,14 @@ class InputMap(nn.Module):
         self.inner = inner
 
     @staticmethod
+    @abc.abstractmethod
     def expand(features: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The features the inner critic sees, [B, width(d)] from [B, d]."""
 
     @staticmethod
+    @abc.abstractmethod
     def width(dims: int) -> int:
-        raise NotImplementedError
+        """How many features `expand` makes of `dims`."""
 
     def encode_a(self, features: torch.Tensor) -> torch.Tensor:
         return self.inner.encode_a(self.expand(features))
